@@ -1,0 +1,259 @@
+//! Fixed-size cells: the only unit that crosses a link.
+//!
+//! Every cell is exactly [`CELL_LEN`] = 514 bytes: a 4-byte circuit id, a
+//! 1-byte command and a 509-byte body (Tor's sizes, so per-cell costs compare
+//! directly). A [`Cell`] owns one `BytesMut` of that length for its whole life:
+//! links split received datagrams into cells without copying, relays peel and
+//! add onion layers in place, and forwarding moves the buffer.
+
+use bytes::BytesMut;
+
+use crate::error::CellError;
+
+/// Bytes in a cell on every link.
+pub const CELL_LEN: usize = 514;
+/// Circuit id (4) + command (1).
+pub const HEADER_LEN: usize = 5;
+/// Bytes in a cell body.
+pub const BODY_LEN: usize = CELL_LEN - HEADER_LEN;
+
+/// A circuit id on one link. Zero is never a valid circuit id.
+///
+/// The end of a link that initiated it picks ids with the top bit set, the
+/// responder picks ids with it clear, so the two ends never collide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CircId(u32);
+
+impl CircId {
+    /// The bit that says which end of the link chose the id.
+    pub const INITIATOR_BIT: u32 = 0x8000_0000;
+
+    /// A circuit id, or `None` for zero.
+    pub fn new(raw: u32) -> Option<CircId> {
+        (raw != 0).then_some(CircId(raw))
+    }
+
+    /// The raw value.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+
+    /// Whether the link initiator chose this id.
+    pub fn chosen_by_initiator(self) -> bool {
+        self.0 & Self::INITIATOR_BIT != 0
+    }
+}
+
+impl std::fmt::Display for CircId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#010x}", self.0)
+    }
+}
+
+/// Cell commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CellCommand {
+    /// Link-level padding; dropped on receipt.
+    Padding = 0,
+    /// Opens a circuit: body carries the client's handshake.
+    Create = 1,
+    /// Answers CREATE: body carries the server's handshake.
+    Created = 2,
+    /// Onion-encrypted relay message.
+    Relay = 3,
+    /// Tears a circuit down; body byte 0 is a [`crate::DestroyReason`].
+    Destroy = 4,
+}
+
+impl CellCommand {
+    /// Parses a command byte.
+    pub fn from_u8(b: u8) -> Result<CellCommand, CellError> {
+        Ok(match b {
+            0 => CellCommand::Padding,
+            1 => CellCommand::Create,
+            2 => CellCommand::Created,
+            3 => CellCommand::Relay,
+            4 => CellCommand::Destroy,
+            other => return Err(CellError::UnknownCommand(other)),
+        })
+    }
+}
+
+/// One 514-byte cell in its own buffer.
+///
+/// Invariant: `buf.len() == CELL_LEN`, checked by every constructor, so the
+/// accessors below index within bounds whatever the bytes say.
+#[derive(Debug)]
+pub struct Cell {
+    buf: BytesMut,
+}
+
+impl Cell {
+    /// A zeroed cell with the given header. Allocates; hot paths reuse cells
+    /// from a [`crate::CellPool`] instead.
+    pub fn new(circ_id: u32, command: CellCommand) -> Cell {
+        let mut cell = Cell {
+            buf: BytesMut::zeroed(CELL_LEN),
+        };
+        cell.set_header(circ_id, command);
+        cell
+    }
+
+    /// Wraps a received buffer. It must be exactly [`CELL_LEN`] bytes.
+    pub fn from_bytes(buf: BytesMut) -> Result<Cell, CellError> {
+        if buf.len() != CELL_LEN {
+            return Err(CellError::BadLength(buf.len()));
+        }
+        Ok(Cell { buf })
+    }
+
+    /// Copies a cell out of a slice (tests, fuzzing and framing code).
+    pub fn from_slice(bytes: &[u8]) -> Result<Cell, CellError> {
+        if bytes.len() != CELL_LEN {
+            return Err(CellError::BadLength(bytes.len()));
+        }
+        Ok(Cell {
+            buf: BytesMut::from(bytes),
+        })
+    }
+
+    /// Reuses a buffer of any length as a cell, resizing it (no allocation
+    /// when it already has the capacity).
+    pub(crate) fn recycle(mut buf: BytesMut) -> Cell {
+        buf.clear();
+        buf.resize(CELL_LEN, 0);
+        Cell { buf }
+    }
+
+    /// The raw circuit id (zero is invalid but representable on the wire).
+    pub fn raw_circ_id(&self) -> u32 {
+        u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
+    }
+
+    /// The circuit id, or an error for zero.
+    pub fn circ_id(&self) -> Result<CircId, CellError> {
+        CircId::new(self.raw_circ_id()).ok_or(CellError::ZeroCircId)
+    }
+
+    /// The command byte as sent.
+    pub fn raw_command(&self) -> u8 {
+        self.buf[4]
+    }
+
+    /// The parsed command.
+    pub fn command(&self) -> Result<CellCommand, CellError> {
+        CellCommand::from_u8(self.raw_command())
+    }
+
+    /// Rewrites the header (circuit id and command), leaving the body.
+    pub fn set_header(&mut self, circ_id: u32, command: CellCommand) {
+        self.buf[0..4].copy_from_slice(&circ_id.to_be_bytes());
+        self.buf[4] = command as u8;
+    }
+
+    /// Rewrites only the circuit id (what a relay does when forwarding).
+    pub fn set_circ_id(&mut self, circ_id: CircId) {
+        self.buf[0..4].copy_from_slice(&circ_id.get().to_be_bytes());
+    }
+
+    /// The 509-byte body.
+    pub fn body(&self) -> &[u8] {
+        &self.buf[HEADER_LEN..CELL_LEN]
+    }
+
+    /// The 509-byte body, mutable.
+    pub fn body_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[HEADER_LEN..CELL_LEN]
+    }
+
+    /// The whole 514 bytes, as they go on the wire.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Gives the buffer back (to a link writer or a pool).
+    pub fn into_bytes(self) -> BytesMut {
+        self.buf
+    }
+}
+
+/// A free list of cell buffers, so that cells a node originates reuse the
+/// buffers of cells it consumed instead of allocating.
+#[derive(Debug, Default)]
+pub struct CellPool {
+    free: Vec<BytesMut>,
+    limit: usize,
+}
+
+impl CellPool {
+    /// A pool keeping at most `limit` spare buffers.
+    pub fn with_limit(limit: usize) -> CellPool {
+        CellPool {
+            free: Vec::with_capacity(limit),
+            limit,
+        }
+    }
+
+    /// A cell with the given header and a body of unspecified bytes (callers
+    /// overwrite all of it). Allocates only when the pool is empty.
+    pub fn take(&mut self, circ_id: u32, command: CellCommand) -> Cell {
+        let mut cell = match self.free.pop() {
+            Some(buf) => Cell::recycle(buf),
+            None => Cell {
+                buf: BytesMut::zeroed(CELL_LEN),
+            },
+        };
+        cell.set_header(circ_id, command);
+        cell
+    }
+
+    /// Returns a cell's buffer to the pool (dropped when the pool is full or
+    /// the buffer is shared with other cells of one datagram).
+    pub fn give(&mut self, cell: Cell) {
+        if self.free.len() < self.limit && cell.buf.capacity() >= CELL_LEN {
+            self.free.push(cell.buf);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trip() {
+        let mut c = Cell::new(0x8000_0001, CellCommand::Relay);
+        assert_eq!(c.as_bytes().len(), CELL_LEN);
+        assert_eq!(c.raw_circ_id(), 0x8000_0001);
+        assert_eq!(c.command().ok(), Some(CellCommand::Relay));
+        c.body_mut()[508] = 7;
+        assert_eq!(c.as_bytes()[513], 7);
+        assert!(c.circ_id().map(|id| id.chosen_by_initiator()).unwrap_or(false));
+    }
+
+    #[test]
+    fn rejects_wrong_length_and_bad_header() {
+        assert!(matches!(
+            Cell::from_slice(&[0u8; 513]),
+            Err(CellError::BadLength(513))
+        ));
+        let mut raw = [0u8; CELL_LEN];
+        raw[4] = 99;
+        let c = Cell::from_slice(&raw).unwrap_or_else(|_| Cell::new(1, CellCommand::Padding));
+        assert!(matches!(c.command(), Err(CellError::UnknownCommand(99))));
+        assert!(matches!(c.circ_id(), Err(CellError::ZeroCircId)));
+    }
+
+    #[test]
+    fn pool_reuses_buffers() {
+        let mut pool = CellPool::with_limit(2);
+        let c = pool.take(5, CellCommand::Relay);
+        let ptr = c.as_bytes().as_ptr();
+        pool.give(c);
+        let c2 = pool.take(6, CellCommand::Destroy);
+        assert_eq!(c2.as_bytes().as_ptr(), ptr);
+        assert_eq!(c2.raw_circ_id(), 6);
+        assert_eq!(c2.as_bytes().len(), CELL_LEN);
+    }
+}

@@ -1,0 +1,387 @@
+//! Onion layers: one AES-128-GCM layer per hop, per-hop tags, and
+//! Sphinx-style deterministic padding so that every cell stays 509 bytes of
+//! body and no relay can tell its position from what it sees.
+//!
+//! Outbound (client to the circuit's last hop), a hop receives
+//! `X = tag || C` (16 + 493 bytes). It opens `C` with its forward key and
+//! counter; if it forwards, the next hop gets `P || pad`, where `P` is the 493
+//! plaintext bytes and `pad` is one PRF block under the hop's padding key. The
+//! client predicts every pad and the way later hops transform it (the
+//! "filler"), so it can compute the tag each hop checks. A message for hop `d`
+//! therefore has `493 - 16 (d - 1)` bytes of room.
+//!
+//! Inbound (last hop to client), only the last hop authenticates: it seals the
+//! 493-byte message with its backward seal key and puts the tag in front. Every
+//! other hop XORs a keystream over the whole 509-byte body. The client peels
+//! those layers and opens the seal, so inbound room does not depend on the path
+//! length and the last hop need not know it. docs/protocol.md gives the
+//! argument for each security property.
+
+use super::aead::{CellAead, DefaultAead, KEY_LEN, TAG_LEN};
+use super::keystream::Keystream;
+use crate::cell::BODY_LEN;
+use crate::error::CryptoError;
+
+/// Bytes under one hop's seal: the body less one tag.
+pub const SEALED_LEN: usize = BODY_LEN - TAG_LEN;
+/// Longest path.
+pub const MAX_HOPS: usize = 8;
+/// Bytes a message to the client may use (at `body[16..]`), any path length.
+pub const INBOUND_ROOM: usize = SEALED_LEN;
+
+/// Bytes a message to hop `dest` (1-based) may use, at `body[16..]`.
+pub const fn outbound_room(dest: usize) -> usize {
+    SEALED_LEN - TAG_LEN * (dest - 1)
+}
+
+/// Bytes of key material the handshake derives for one hop.
+pub const KEY_MATERIAL_LEN: usize = 4 * KEY_LEN;
+
+/// The four keys of one hop, as derived by the handshake.
+pub struct HopKeys {
+    /// Forward AEAD key.
+    pub forward: [u8; KEY_LEN],
+    /// Forward padding PRF key.
+    pub pad: [u8; KEY_LEN],
+    /// Backward layer (keystream) key.
+    pub back_layer: [u8; KEY_LEN],
+    /// Backward seal (AEAD) key, used when this hop originates a message.
+    pub back_seal: [u8; KEY_LEN],
+}
+
+impl HopKeys {
+    /// Splits 64 bytes of key material in order: forward, pad, back layer, back seal.
+    pub fn from_material(m: &[u8; KEY_MATERIAL_LEN]) -> HopKeys {
+        let mut k = [[0u8; KEY_LEN]; 4];
+        for (i, key) in k.iter_mut().enumerate() {
+            key.copy_from_slice(&m[i * KEY_LEN..(i + 1) * KEY_LEN]);
+        }
+        HopKeys {
+            forward: k[0],
+            pad: k[1],
+            back_layer: k[2],
+            back_seal: k[3],
+        }
+    }
+}
+
+impl Drop for HopKeys {
+    fn drop(&mut self) {
+        // Best effort: the live key schedules hold the same secrets.
+        self.forward = [0; KEY_LEN];
+        self.pad = [0; KEY_LEN];
+        self.back_layer = [0; KEY_LEN];
+        self.back_seal = [0; KEY_LEN];
+    }
+}
+
+fn split_tag(body: &mut [u8]) -> Result<([u8; TAG_LEN], &mut [u8]), CryptoError> {
+    if body.len() != BODY_LEN {
+        return Err(CryptoError::BadLength);
+    }
+    let (tag, rest) = body.split_at_mut(TAG_LEN);
+    let mut t = [0u8; TAG_LEN];
+    t.copy_from_slice(tag);
+    Ok((t, rest))
+}
+
+/// A relay's crypto state for one circuit.
+pub struct RelayHop {
+    forward: DefaultAead,
+    pad: Keystream,
+    back_layer: Keystream,
+    back_seal: DefaultAead,
+    forward_ctr: u64,
+    back_layer_ctr: u64,
+    back_seal_ctr: u64,
+}
+
+impl RelayHop {
+    /// Relay state from the hop's keys.
+    pub fn new(keys: &HopKeys) -> Result<RelayHop, CryptoError> {
+        Ok(RelayHop {
+            forward: DefaultAead::new(&keys.forward)?,
+            pad: Keystream::new(&keys.pad),
+            back_layer: Keystream::new(&keys.back_layer),
+            back_seal: DefaultAead::new(&keys.back_seal)?,
+            forward_ctr: 0,
+            back_layer_ctr: 0,
+            back_seal_ctr: 0,
+        })
+    }
+
+    /// Checks and removes this hop's outbound layer. On success the plaintext
+    /// is at `body[16..]` and the tag that was checked is returned. Any
+    /// change, replay, drop or reorder makes this fail (the counter is part of
+    /// the nonce); the caller then tears the circuit down.
+    pub fn open_outbound(&mut self, body: &mut [u8]) -> Result<[u8; TAG_LEN], CryptoError> {
+        let (tag, sealed) = split_tag(body)?;
+        self.forward.open(self.forward_ctr, sealed, &tag)?;
+        self.forward_ctr += 1;
+        Ok(tag)
+    }
+
+    /// After [`Self::open_outbound`], turns the body into what the next hop
+    /// expects: the plaintext moved to the front and this hop's padding
+    /// appended.
+    pub fn prepare_forward(&self, body: &mut [u8]) {
+        if body.len() != BODY_LEN {
+            return;
+        }
+        body.copy_within(TAG_LEN.., 0);
+        // The counter was advanced by open_outbound: the cell used ctr - 1.
+        let pad = self.pad.prf_block(self.forward_ctr.wrapping_sub(1));
+        body[SEALED_LEN..].copy_from_slice(&pad);
+    }
+
+    /// Adds this hop's layer to a cell travelling towards the client.
+    pub fn layer_inbound(&mut self, body: &mut [u8]) {
+        self.back_layer.xor_at(self.back_layer_ctr, 0, body);
+        self.back_layer_ctr += 1;
+    }
+
+    /// Seals a message this hop originates towards the client: the message is
+    /// at `body[16..]`; the tag goes in front. Returns the tag.
+    pub fn seal_inbound(&mut self, body: &mut [u8]) -> Result<[u8; TAG_LEN], CryptoError> {
+        if body.len() != BODY_LEN {
+            return Err(CryptoError::BadLength);
+        }
+        let tag = self
+            .back_seal
+            .seal(self.back_seal_ctr, &mut body[TAG_LEN..])?;
+        self.back_seal_ctr += 1;
+        body[..TAG_LEN].copy_from_slice(&tag);
+        Ok(tag)
+    }
+}
+
+/// The client's state for one hop: the relay's keys plus what the client
+/// needs to predict that relay's padding.
+struct ClientHop {
+    forward: DefaultAead,
+    forward_stream: Keystream,
+    pad: Keystream,
+    back_layer: Keystream,
+    back_seal: DefaultAead,
+    forward_ctr: u64,
+    back_layer_ctr: u64,
+    back_seal_ctr: u64,
+}
+
+/// The client's onion state for a whole path.
+#[derive(Default)]
+pub struct ClientOnion {
+    hops: Vec<ClientHop>,
+}
+
+impl ClientOnion {
+    /// An empty path.
+    pub fn new() -> ClientOnion {
+        ClientOnion {
+            hops: Vec::with_capacity(MAX_HOPS),
+        }
+    }
+
+    /// Hops in the path.
+    pub fn len(&self) -> usize {
+        self.hops.len()
+    }
+
+    /// Whether no hop is established yet.
+    pub fn is_empty(&self) -> bool {
+        self.hops.is_empty()
+    }
+
+    /// Appends a hop (after its handshake completes).
+    pub fn push_hop(&mut self, keys: &HopKeys) -> Result<(), CryptoError> {
+        if self.hops.len() >= MAX_HOPS {
+            return Err(CryptoError::TooManyHops);
+        }
+        self.hops.push(ClientHop {
+            forward: DefaultAead::new(&keys.forward)?,
+            forward_stream: Keystream::new(&keys.forward),
+            pad: Keystream::new(&keys.pad),
+            back_layer: Keystream::new(&keys.back_layer),
+            back_seal: DefaultAead::new(&keys.back_seal)?,
+            forward_ctr: 0,
+            back_layer_ctr: 0,
+            back_seal_ctr: 0,
+        });
+        Ok(())
+    }
+
+    /// Drops the last hop (after a truncation).
+    pub fn pop_hop(&mut self) {
+        self.hops.pop();
+    }
+
+    /// Wraps a message for the last hop. The caller has written the message
+    /// into `body[16..16 + outbound_room(len)]`; the rest of the body is
+    /// overwritten. Returns the tag the last hop will check (echoed in its
+    /// SENDMEs).
+    pub fn wrap_outbound(&mut self, body: &mut [u8]) -> Result<[u8; TAG_LEN], CryptoError> {
+        let d = self.hops.len();
+        if d == 0 {
+            return Err(CryptoError::NoHops);
+        }
+        if body.len() != BODY_LEN {
+            return Err(CryptoError::BadLength);
+        }
+        // Filler: the last 16 (d - 1) bytes hop d will receive, which hops
+        // 1..d-1 produce by appending their pads and decrypting earlier ones.
+        let mut filler = [0u8; TAG_LEN * (MAX_HOPS - 1)];
+        for (i, hop) in self.hops[..d - 1].iter().enumerate() {
+            // Hop i+1 (1-based) receives a filler of 16 i bytes at the end of
+            // its sealed region, decrypts it, then appends its pad.
+            let have = TAG_LEN * i;
+            hop.forward_stream
+                .xor_at(hop.forward_ctr, SEALED_LEN - have, &mut filler[..have]);
+            filler[have..have + TAG_LEN].copy_from_slice(&hop.pad.prf_block(hop.forward_ctr));
+        }
+        let fill_len = TAG_LEN * (d - 1);
+        // Make hop d's ciphertext end with the filler: plaintext tail =
+        // filler XOR hop d's keystream there.
+        let last = &self.hops[d - 1];
+        let tail = &mut body[BODY_LEN - fill_len..];
+        tail.copy_from_slice(&filler[..fill_len]);
+        last.forward_stream
+            .xor_at(last.forward_ctr, SEALED_LEN - fill_len, tail);
+        // Seal from the last hop outwards; before each outer seal, shift right
+        // by one tag, dropping the 16 bytes that hop will regenerate as pad.
+        let mut dest_tag = [0u8; TAG_LEN];
+        for (k, hop) in self.hops.iter_mut().enumerate().rev() {
+            if k + 1 < d {
+                body.copy_within(..SEALED_LEN, TAG_LEN);
+            }
+            let tag = hop.forward.seal(hop.forward_ctr, &mut body[TAG_LEN..])?;
+            body[..TAG_LEN].copy_from_slice(&tag);
+            if k + 1 == d {
+                dest_tag = tag;
+            }
+        }
+        for hop in &mut self.hops {
+            hop.forward_ctr += 1;
+        }
+        Ok(dest_tag)
+    }
+
+    /// Unwraps a cell from the client's view of the path, expecting it to be
+    /// originated by hop `origin` (1-based; normally the last). On success the
+    /// message is at `body[16..]` and the checked tag is returned; on failure
+    /// no counter moves and the body is unspecified.
+    pub fn unwrap_inbound_from(
+        &mut self,
+        origin: usize,
+        body: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], CryptoError> {
+        if origin == 0 || origin > self.hops.len() {
+            return Err(CryptoError::NoHops);
+        }
+        if body.len() != BODY_LEN {
+            return Err(CryptoError::BadLength);
+        }
+        for hop in &self.hops[..origin - 1] {
+            hop.back_layer.xor_at(hop.back_layer_ctr, 0, body);
+        }
+        let (tag, sealed) = split_tag(body)?;
+        let hop = &self.hops[origin - 1];
+        hop.back_seal.open(hop.back_seal_ctr, sealed, &tag)?;
+        for hop in &mut self.hops[..origin - 1] {
+            hop.back_layer_ctr += 1;
+        }
+        self.hops[origin - 1].back_seal_ctr += 1;
+        Ok(tag)
+    }
+
+    /// [`Self::unwrap_inbound_from`] the last hop.
+    pub fn unwrap_inbound(&mut self, body: &mut [u8]) -> Result<[u8; TAG_LEN], CryptoError> {
+        self.unwrap_inbound_from(self.hops.len(), body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(seed: u8) -> HopKeys {
+        let mut m = [0u8; KEY_MATERIAL_LEN];
+        for (i, b) in m.iter_mut().enumerate() {
+            *b = seed.wrapping_mul(31).wrapping_add(i as u8);
+        }
+        HopKeys::from_material(&m)
+    }
+
+    /// Client and relays for an n-hop path.
+    fn path(n: usize) -> Result<(ClientOnion, Vec<RelayHop>), CryptoError> {
+        let mut c = ClientOnion::new();
+        let mut relays = Vec::new();
+        for i in 0..n {
+            let k = keys(i as u8 + 1);
+            c.push_hop(&k)?;
+            relays.push(RelayHop::new(&k)?);
+        }
+        Ok((c, relays))
+    }
+
+    #[test]
+    fn outbound_round_trip_every_length() -> Result<(), CryptoError> {
+        for n in 1..=MAX_HOPS {
+            let (mut c, mut relays) = path(n)?;
+            for round in 0..3u8 {
+                let mut body = [0u8; BODY_LEN];
+                let room = outbound_room(n);
+                for (i, b) in body[TAG_LEN..TAG_LEN + room].iter_mut().enumerate() {
+                    *b = (i as u8) ^ round;
+                }
+                let want = body;
+                let tag = c.wrap_outbound(&mut body)?;
+                for (i, r) in relays.iter_mut().enumerate() {
+                    let got = r.open_outbound(&mut body)?;
+                    if i + 1 < n {
+                        r.prepare_forward(&mut body);
+                    } else {
+                        assert_eq!(got, tag);
+                    }
+                }
+                assert_eq!(
+                    &body[TAG_LEN..TAG_LEN + room],
+                    &want[TAG_LEN..TAG_LEN + room],
+                    "n={n}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn inbound_round_trip_every_length() -> Result<(), CryptoError> {
+        for n in 1..=MAX_HOPS {
+            let (mut c, mut relays) = path(n)?;
+            for round in 0..3u8 {
+                let mut body = [round; BODY_LEN];
+                let want = body;
+                let tag = relays[n - 1].seal_inbound(&mut body)?;
+                for r in relays[..n - 1].iter_mut().rev() {
+                    r.layer_inbound(&mut body);
+                }
+                assert_eq!(c.unwrap_inbound(&mut body)?, tag);
+                assert_eq!(&body[TAG_LEN..], &want[TAG_LEN..]);
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn any_flipped_bit_fails_at_next_hop() -> Result<(), CryptoError> {
+        for pos in [0usize, 15, 16, 200, 492, 493, 508] {
+            let (mut c, mut relays) = path(3)?;
+            let mut body = [0u8; BODY_LEN];
+            c.wrap_outbound(&mut body)?;
+            relays[0].open_outbound(&mut body)?;
+            relays[0].prepare_forward(&mut body);
+            body[pos] ^= 0x01;
+            assert!(relays[1].open_outbound(&mut body).is_err(), "pos {pos}");
+        }
+        Ok(())
+    }
+}
