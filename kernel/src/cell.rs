@@ -229,7 +229,10 @@ mod tests {
         assert_eq!(c.command().ok(), Some(CellCommand::Relay));
         c.body_mut()[508] = 7;
         assert_eq!(c.as_bytes()[513], 7);
-        assert!(c.circ_id().map(|id| id.chosen_by_initiator()).unwrap_or(false));
+        assert!(c
+            .circ_id()
+            .map(|id| id.chosen_by_initiator())
+            .unwrap_or(false));
     }
 
     #[test]

@@ -182,7 +182,14 @@ pub fn server_respond_with_ephemeral(
     if !xy.was_contributory() || !xb.was_contributory() {
         return Err(HandshakeError::BadShare);
     }
-    let (auth, okm) = derive(xy.as_bytes(), xb.as_bytes(), id, &keys.public, &big_x, &big_y)?;
+    let (auth, okm) = derive(
+        xy.as_bytes(),
+        xb.as_bytes(),
+        id,
+        &keys.public,
+        &big_x,
+        &big_y,
+    )?;
     let mut reply = [0u8; SERVER_MSG_LEN];
     reply[..32].copy_from_slice(&big_y);
     reply[32..].copy_from_slice(&auth);
@@ -228,7 +235,10 @@ mod tests {
         let reply = server_respond_with_ephemeral([4u8; 32], &id, &other, &forged)
             .map(|(r, _)| r)
             .unwrap_or([0; 64]);
-        assert_eq!(client.finish(&reply).err(), Some(HandshakeError::AuthFailed));
+        assert_eq!(
+            client.finish(&reply).err(),
+            Some(HandshakeError::AuthFailed)
+        );
     }
 
     #[test]

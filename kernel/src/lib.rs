@@ -9,9 +9,18 @@
 pub mod cell;
 pub mod crypto;
 pub mod error;
+pub mod flow;
 pub mod handshake;
 pub mod ids;
+pub mod node;
+pub mod relay_msg;
+pub mod stream;
+pub mod time;
 
 pub use cell::{Cell, CellCommand, CellPool, CircId, BODY_LEN, CELL_LEN, HEADER_LEN};
 pub use error::{CellError, CryptoError, HandshakeError, IdError, MsgError, NodeError};
 pub use ids::{NodeId, OnionKeypair};
+pub use node::{CircuitRef, Event, HopSpec, LinkId, Node, NodeConfig, NodeStats};
+pub use relay_msg::{EndReason, StreamKind};
+pub use stream::{StreamRef, TargetAddr};
+pub use time::Time;

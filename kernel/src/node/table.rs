@@ -1,0 +1,193 @@
+//! The circuit table: circuits in a slab, indexed by (link, wire circuit id).
+//!
+//! A relayed circuit is reachable from both of its links: cells from the
+//! previous hop arrive on the `Prev` side, cells from the next hop on the
+//! `Next` side. One hash lookup per cell finds the circuit and the direction.
+//! Slots carry a generation so a stale [`CircuitRef`] never reaches a newer
+//! circuit in a reused slot.
+
+use std::collections::HashMap;
+
+use super::edge::Edge;
+use super::origin::OriginState;
+use super::relay::RelayState;
+use super::{CircuitRef, LinkId};
+use crate::cell::CircId;
+use crate::time::Time;
+
+/// Which neighbour a (link, circuit id) pair leads to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// Towards the client.
+    Prev,
+    /// Towards the last hop.
+    Next,
+}
+
+/// What this node is on the circuit.
+pub(crate) enum Role {
+    /// This node built it.
+    Origin(Box<OriginState>),
+    /// This node is a hop.
+    Relay(Box<RelayState>),
+}
+
+/// One circuit.
+pub(crate) struct Circuit {
+    /// The previous hop (relays only).
+    pub prev: Option<(LinkId, CircId)>,
+    /// The next hop (the first hop, for the origin).
+    pub next: Option<(LinkId, CircId)>,
+    pub role: Role,
+    /// Streams and congestion control when this node is an end of the
+    /// circuit (the origin, or the current last hop).
+    pub edge: Option<Edge>,
+    /// Cells queued on links for this circuit.
+    pub queued: u32,
+    /// When the circuit must be ready (building circuits only).
+    pub deadline: Option<Time>,
+}
+
+struct Slot {
+    generation: u32,
+    circuit: Option<Circuit>,
+}
+
+/// The table.
+#[derive(Default)]
+pub(crate) struct CircuitTable {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    by_link: HashMap<(LinkId, CircId), (u32, Side)>,
+}
+
+impl CircuitTable {
+    pub fn insert(&mut self, circuit: Circuit) -> CircuitRef {
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    circuit: None,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let s = &mut self.slots[slot as usize];
+        s.generation = s.generation.wrapping_add(1);
+        s.circuit = Some(circuit);
+        let r = CircuitRef {
+            slot,
+            generation: s.generation,
+        };
+        let (prev, next) = match &s.circuit {
+            Some(c) => (c.prev, c.next),
+            None => (None, None),
+        };
+        if let Some(p) = prev {
+            self.bind(p, r, Side::Prev);
+        }
+        if let Some(n) = next {
+            self.bind(n, r, Side::Next);
+        }
+        r
+    }
+
+    pub fn bind(&mut self, (link, id): (LinkId, CircId), r: CircuitRef, side: Side) {
+        self.by_link.insert((link, id), (r.slot, side));
+    }
+
+    pub fn unbind(&mut self, (link, id): (LinkId, CircId)) {
+        self.by_link.remove(&(link, id));
+    }
+
+    pub fn get(&self, r: CircuitRef) -> Option<&Circuit> {
+        self.slots
+            .get(r.slot as usize)
+            .filter(|s| s.generation == r.generation)
+            .and_then(|s| s.circuit.as_ref())
+    }
+
+    pub fn get_mut(&mut self, r: CircuitRef) -> Option<&mut Circuit> {
+        self.slots
+            .get_mut(r.slot as usize)
+            .filter(|s| s.generation == r.generation)
+            .and_then(|s| s.circuit.as_mut())
+    }
+
+    pub fn remove(&mut self, r: CircuitRef) -> Option<Circuit> {
+        let s = self
+            .slots
+            .get_mut(r.slot as usize)
+            .filter(|s| s.generation == r.generation)?;
+        let c = s.circuit.take()?;
+        self.free.push(r.slot);
+        if let Some(p) = c.prev {
+            self.unbind(p);
+        }
+        if let Some(n) = c.next {
+            self.unbind(n);
+        }
+        Some(c)
+    }
+
+    pub fn lookup(&self, link: LinkId, id: CircId) -> Option<(CircuitRef, Side)> {
+        let (slot, side) = *self.by_link.get(&(link, id))?;
+        let generation = self.slots.get(slot as usize)?.generation;
+        Some((CircuitRef { slot, generation }, side))
+    }
+
+    pub fn id_in_use(&self, link: LinkId, id: CircId) -> bool {
+        self.by_link.contains_key(&(link, id))
+    }
+
+    pub fn on_link(&self, link: LinkId) -> Vec<(CircuitRef, Side)> {
+        let mut v: Vec<(CircuitRef, Side)> = self
+            .by_link
+            .iter()
+            .filter(|((l, _), _)| *l == link)
+            .filter_map(|((l, id), _)| self.lookup(*l, *id))
+            .collect();
+        v.sort_by_key(|(r, _)| *r);
+        v
+    }
+
+    pub fn is_origin(&self, r: CircuitRef) -> bool {
+        matches!(self.get(r).map(|c| &c.role), Some(Role::Origin(_)))
+    }
+
+    pub fn on_dequeued(&mut self, r: CircuitRef) {
+        if let Some(c) = self.get_mut(r) {
+            c.queued = c.queued.saturating_sub(1);
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (CircuitRef, &Circuit)> {
+        self.slots.iter().enumerate().filter_map(|(i, s)| {
+            s.circuit.as_ref().map(|c| {
+                (
+                    CircuitRef {
+                        slot: i as u32,
+                        generation: s.generation,
+                    },
+                    c,
+                )
+            })
+        })
+    }
+
+    pub fn earliest_deadline(&self) -> Option<Time> {
+        self.iter().filter_map(|(_, c)| c.deadline).min()
+    }
+
+    pub fn expired(&self, now: Time) -> Vec<CircuitRef> {
+        self.iter()
+            .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
+            .map(|(r, _)| r)
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+}
