@@ -50,6 +50,10 @@ impl Edge {
         self.streams.keys().copied().collect()
     }
 
+    pub fn continue_ids_from(&mut self, old: &Edge) {
+        self.next_stream = old.next_stream;
+    }
+
     fn alloc_stream_id(&mut self) -> Option<u16> {
         for _ in 0..=u16::MAX {
             self.next_stream = self.next_stream.wrapping_add(1);

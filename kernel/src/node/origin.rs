@@ -222,18 +222,27 @@ impl Node {
                 Ok((tag, from_hop, last)) if from_hop == last => {
                     self.edge_on_cell(now, circ, tag, cell)
                 }
-                Ok((_, _, _)) => {
-                    // From the hop before the last, while truncating: only
-                    // TRUNCATED is acceptable.
+                Ok((_, from_hop, last)) => {
+                    // From an earlier hop: only TRUNCATED is acceptable. It
+                    // is the answer to our TRUNCATE when it comes from the
+                    // hop before the last while truncating; otherwise the
+                    // circuit broke there and is closed with its reason.
                     let room = &cell.body()[16..];
-                    let ok = crate::relay_msg::RelayMsg::parse(room)
-                        .map(|m| m.command == RelayCommand::Truncated)
-                        .unwrap_or(false);
+                    let reason = crate::relay_msg::RelayMsg::parse(room)
+                        .ok()
+                        .filter(|m| m.command == RelayCommand::Truncated)
+                        .map(|m| EndReason::from_u8(m.body.first().copied().unwrap_or(1)));
                     self.out.pool.give(cell);
-                    if ok {
-                        self.origin_truncated(now, circ);
-                    } else {
-                        self.kill_circuit(now, circ, EndReason::Protocol);
+                    let truncating = matches!(
+                        self.circuits.get(circ).map(|c| &c.role),
+                        Some(Role::Origin(o)) if o.phase == Phase::Truncating
+                    );
+                    match reason {
+                        Some(_) if truncating && from_hop + 1 == last => {
+                            self.origin_truncated(now, circ)
+                        }
+                        Some(reason) => self.kill_circuit(now, circ, reason),
+                        None => self.kill_circuit(now, circ, EndReason::Protocol),
                     }
                 }
                 Err(_) => {
@@ -253,8 +262,10 @@ impl Node {
         }
     }
 
-    /// Unwraps an inbound cell: from the last hop, or (while truncating) from
-    /// the hop before it. Returns (tag, originating hop, hops).
+    /// Unwraps an inbound cell. Normally only the last hop sends to the
+    /// client; an earlier hop speaks only to say the circuit was cut after it
+    /// (TRUNCATED), so when the last hop's seal does not verify, the earlier
+    /// hops are tried, nearest first. Returns (tag, originating hop, hops).
     fn origin_unwrap(
         &mut self,
         circ: CircuitRef,
@@ -268,16 +279,19 @@ impl Node {
             return Err(NodeError::NoSuchCircuit);
         };
         let n = o.onion.len();
-        if o.phase != Phase::Truncating {
-            return Ok((o.onion.unwrap_inbound(body)?, n, n));
-        }
+        // A failed open leaves the body unspecified: keep the original.
         let mut copy = [0u8; BODY_LEN];
         copy.copy_from_slice(body);
         if let Ok(tag) = o.onion.unwrap_inbound_from(n, body) {
             return Ok((tag, n, n));
         }
-        body.copy_from_slice(&copy);
-        Ok((o.onion.unwrap_inbound_from(n - 1, body)?, n - 1, n))
+        for k in (1..n).rev() {
+            body.copy_from_slice(&copy);
+            if let Ok(tag) = o.onion.unwrap_inbound_from(k, body) {
+                return Ok((tag, k, n));
+            }
+        }
+        Err(NodeError::Crypto(crate::error::CryptoError::Auth))
     }
 
     fn origin_on_created(&mut self, circ: CircuitRef, body: &[u8]) -> Result<(), NodeError> {
@@ -373,7 +387,18 @@ impl Node {
         o.path.truncate(o.onion.len());
         o.phase = Phase::Ready;
         let old = c.edge.replace(Edge::new(cc));
-        let streams = old.map(|e| e.stream_ids()).unwrap_or_default();
+        let streams = match old {
+            Some(old) => {
+                // Keep stream ids unique for the circuit's life, so a
+                // StreamRef the application still holds never names a new
+                // stream.
+                if let Some(e) = &mut c.edge {
+                    e.continue_ids_from(&old);
+                }
+                old.stream_ids()
+            }
+            None => Vec::new(),
+        };
         self.report_streams_closed(circ, &streams, EndReason::Destroy);
         self.out.events.push_back(Event::CircuitTruncated(circ));
         let _ = now;

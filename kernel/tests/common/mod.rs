@@ -282,7 +282,16 @@ impl Net {
                             self.nodes[i].link_failed(now, node);
                         }
                     }
-                    Event::StreamRequest { stream, target, .. } => {
+                    Event::StreamRequest {
+                        stream,
+                        target,
+                        kind,
+                    } => {
+                        self.events[i].push(Event::StreamRequest {
+                            stream,
+                            kind,
+                            target: target.clone(),
+                        });
                         let host = match &target {
                             TargetAddr::Host(h, _) => h.clone(),
                             _ => String::new(),
@@ -298,6 +307,7 @@ impl Net {
                         }
                     }
                     Event::StreamOpened(s) => {
+                        self.events[i].push(Event::StreamOpened(s));
                         for snd in &mut self.senders {
                             if snd.node == i && snd.stream == s {
                                 snd.opened = true;
