@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use bytes::Buf;
 
-use super::{CircuitRef, Event, Node, Role};
+use super::{CircuitRef, Event, Node, Role, Side};
 use crate::cell::{Cell, CellCommand};
 use crate::crypto::onion::{outbound_room, INBOUND_ROOM};
 use crate::error::NodeError;
@@ -21,6 +21,9 @@ use crate::relay_msg::{
 };
 use crate::stream::{Stream, StreamInfo, StreamRef, StreamState, TargetAddr};
 use crate::time::Time;
+
+/// Largest burst pacing allows after a pause, in nanoseconds.
+const PACING_QUANTUM: u64 = 1_000_000;
 
 /// Offset of the message room in a cell body (after the outermost tag).
 const ROOM_AT: usize = 16;
@@ -33,6 +36,10 @@ pub(crate) struct Edge {
     next_stream: u16,
     /// Streams that may have data to send, in round-robin order.
     ready: VecDeque<u16>,
+    /// Pacing: the earliest time the next DATA cell may go.
+    next_send: Time,
+    /// Set when data waits only for pacing: flush again at this time.
+    pub wakeup: Option<Time>,
 }
 
 impl Edge {
@@ -43,6 +50,8 @@ impl Edge {
             sendme: SendmeCounter::default(),
             next_stream: 0,
             ready: VecDeque::new(),
+            next_send: Time(0),
+            wakeup: None,
         }
     }
 
@@ -111,7 +120,7 @@ impl Node {
         let c = circuits.get_mut(circ).ok_or(NodeError::NoSuchCircuit)?;
         let mut cell = out.pool.take(0, CellCommand::Relay);
         let body = cell.body_mut();
-        let (tag, (link, id)) = match &mut c.role {
+        let (tag, side, (_, id)) = match &mut c.role {
             Role::Origin(o) => {
                 let room = outbound_room(o.onion.len().max(1));
                 let region = &mut body[ROOM_AT..ROOM_AT + room];
@@ -122,7 +131,7 @@ impl Node {
                 // begins (which would reveal the path length).
                 rng.fill_bytes(&mut region[MSG_HEADER_LEN + len..]);
                 let tag = o.onion.wrap_outbound(body)?;
-                (tag, c.next.ok_or(NodeError::NoSuchCircuit)?)
+                (tag, Side::Next, c.next.ok_or(NodeError::NoSuchCircuit)?)
             }
             Role::Relay(r) => {
                 let region = &mut body[ROOM_AT..];
@@ -130,7 +139,7 @@ impl Node {
                 fill(&mut region[MSG_HEADER_LEN..MSG_HEADER_LEN + len]);
                 region[MSG_HEADER_LEN + len..].fill(0);
                 let tag = r.hop.seal_inbound(body)?;
-                (tag, c.prev.ok_or(NodeError::NoSuchCircuit)?)
+                (tag, Side::Prev, c.prev.ok_or(NodeError::NoSuchCircuit)?)
             }
         };
         cell.set_circ_id(id);
@@ -139,8 +148,7 @@ impl Node {
                 e.cc.on_send(now, tag);
             }
         }
-        c.queued += 1;
-        out.enqueue(link, cell, circ);
+        out.queue_cell(c, circ, side, cell);
         Ok(())
     }
 
@@ -391,6 +399,22 @@ impl Node {
             if !edge.cc.can_send() {
                 return;
             }
+            if edge.ready.is_empty() {
+                return;
+            }
+            if let Some(interval) = edge.cc.pacing_interval() {
+                if edge.next_send > now {
+                    edge.wakeup = Some(edge.next_send);
+                    return;
+                }
+                // Credit unused in the past is capped at one quantum, so an
+                // idle circuit does not burst a whole window later.
+                edge.next_send = edge
+                    .next_send
+                    .max(Time(now.nanos().saturating_sub(PACING_QUANTUM)));
+                edge.next_send = edge.next_send.plus_nanos(interval);
+            }
+            edge.wakeup = None;
             let Some(id) = edge.ready.pop_front() else {
                 return;
             };

@@ -181,7 +181,11 @@ pub struct NodeStats {
 pub(crate) struct LinkState {
     pub peer: NodeId,
     pub initiator: bool,
-    queue: VecDeque<(Cell, CircuitRef)>,
+    /// Cells outside any live circuit (DESTROY), sent first.
+    control: VecDeque<Cell>,
+    /// Circuits with cells for this link, served round-robin so one busy
+    /// circuit cannot delay the others (Tor schedules circuits likewise).
+    circuits: VecDeque<(CircuitRef, Side)>,
     in_ready: bool,
 }
 
@@ -195,22 +199,54 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
-    /// Queues a cell on a link for a circuit. Returns the circuit's new
-    /// queue length on that link's side, or None when the link is gone.
-    pub fn enqueue(&mut self, link: LinkId, cell: Cell, owner: CircuitRef) -> bool {
+    fn mark_ready(&mut self, link: LinkId) {
+        if let Some(l) = self.links.get_mut(&link) {
+            if !l.in_ready {
+                l.in_ready = true;
+                self.ready.push_back(link);
+            }
+        }
+    }
+
+    /// Queues a cell of circuit `circ` towards `side`. Returns the length of
+    /// that queue, or None (cell recycled) when that side has no link.
+    pub fn queue_cell(
+        &mut self,
+        c: &mut Circuit,
+        circ: CircuitRef,
+        side: Side,
+        cell: Cell,
+    ) -> Option<usize> {
+        let (queue, at) = match side {
+            Side::Prev => (&mut c.to_prev, c.prev),
+            Side::Next => (&mut c.to_next, c.next),
+        };
+        let Some((link, _)) = at else {
+            self.pool.give(cell);
+            return None;
+        };
+        let Some(l) = self.links.get_mut(&link) else {
+            self.pool.give(cell);
+            return None;
+        };
+        if queue.is_empty() {
+            l.circuits.push_back((circ, side));
+        }
+        queue.push_back(cell);
+        let len = queue.len();
+        self.stats.max_circuit_queue = self.stats.max_circuit_queue.max(len as u32);
+        self.mark_ready(link);
+        Some(len)
+    }
+
+    /// Queues a cell that belongs to no live circuit.
+    pub fn queue_control(&mut self, link: LinkId, cell: Cell) {
         match self.links.get_mut(&link) {
             Some(l) => {
-                l.queue.push_back((cell, owner));
-                if !l.in_ready {
-                    l.in_ready = true;
-                    self.ready.push_back(link);
-                }
-                true
+                l.control.push_back(cell);
+                self.mark_ready(link);
             }
-            None => {
-                self.pool.give(cell);
-                false
-            }
+            None => self.pool.give(cell),
         }
     }
 
@@ -241,17 +277,11 @@ impl Outbox {
     }
 
     /// Sends a DESTROY for a wire circuit id.
-    pub fn send_destroy(
-        &mut self,
-        link: LinkId,
-        circ: CircId,
-        reason: EndReason,
-        owner: CircuitRef,
-    ) {
+    pub fn send_destroy(&mut self, link: LinkId, circ: CircId, reason: EndReason) {
         let mut cell = self.pool.take(circ.get(), CellCommand::Destroy);
         cell.body_mut().fill(0);
         cell.body_mut()[0] = reason as u8;
-        self.enqueue(link, cell, owner);
+        self.queue_control(link, cell);
     }
 }
 
@@ -317,7 +347,8 @@ impl Node {
             LinkState {
                 peer,
                 initiator,
-                queue: VecDeque::new(),
+                control: VecDeque::new(),
+                circuits: VecDeque::new(),
                 in_ready: false,
             },
         );
@@ -341,7 +372,7 @@ impl Node {
     /// side of each relayed circuit is told.
     pub fn link_down(&mut self, now: Time, link: LinkId) {
         if let Some(state) = self.out.links.remove(&link) {
-            for (cell, _) in state.queue {
+            for cell in state.control {
                 self.out.pool.give(cell);
             }
         }
@@ -370,9 +401,27 @@ impl Node {
             .min()
     }
 
-    /// Cells queued on a link.
+    /// Cells queued on a link (control cells and every circuit's queue).
     pub fn queued_on(&self, link: LinkId) -> usize {
-        self.out.links.get(&link).map_or(0, |l| l.queue.len())
+        let control = self.out.links.get(&link).map_or(0, |l| l.control.len());
+        let circuits: usize = self
+            .circuits
+            .iter()
+            .map(|(_, c)| {
+                let prev = if c.prev.map(|p| p.0) == Some(link) {
+                    c.to_prev.len()
+                } else {
+                    0
+                };
+                let next = if c.next.map(|n| n.0) == Some(link) {
+                    c.to_next.len()
+                } else {
+                    0
+                };
+                prev + next
+            })
+            .sum();
+        control + circuits
     }
 
     // ----- I/O ---------------------------------------------------------
@@ -427,26 +476,49 @@ impl Node {
         }
     }
 
-    /// The next cell to send on `link`, if any.
+    /// The next cell to send on `link`, if any: control cells first, then
+    /// one cell from each circuit with queued cells in turn.
     pub fn poll_transmit(&mut self, link: LinkId) -> Option<Cell> {
         let l = self.out.links.get_mut(&link)?;
-        let (cell, owner) = l.queue.pop_front()?;
-        if l.queue.is_empty() {
-            l.in_ready = false;
+        if let Some(cell) = l.control.pop_front() {
+            self.out.stats.cells_out += 1;
+            return Some(cell);
         }
-        self.circuits.on_dequeued(owner);
-        self.out.stats.cells_out += 1;
-        Some(cell)
+        while let Some((circ, side)) = l.circuits.pop_front() {
+            let Some(c) = self.circuits.get_mut(circ) else {
+                continue;
+            };
+            let (queue, at) = match side {
+                Side::Prev => (&mut c.to_prev, c.prev),
+                Side::Next => (&mut c.to_next, c.next),
+            };
+            // The circuit may have moved that side to another link since.
+            if at.map(|(l, _)| l) != Some(link) {
+                continue;
+            }
+            let Some(cell) = queue.pop_front() else {
+                continue;
+            };
+            if !queue.is_empty() {
+                l.circuits.push_back((circ, side));
+            }
+            self.out.stats.cells_out += 1;
+            return Some(cell);
+        }
+        None
     }
 
-    /// A link that has cells to send (each link is reported once until
-    /// `poll_transmit` drains it).
+    /// A link that got cells to send since it was last returned here. A
+    /// driver that stops draining a link early (it is congested) must come
+    /// back to it by itself; the link is reported again only when new cells
+    /// are queued. At most one entry per link is ever pending.
     pub fn poll_ready_link(&mut self) -> Option<LinkId> {
         while let Some(link) = self.out.ready.pop_front() {
-            match self.out.links.get_mut(&link) {
-                Some(l) if !l.queue.is_empty() => return Some(link),
-                Some(l) => l.in_ready = false,
-                None => {}
+            if let Some(l) = self.out.links.get_mut(&link) {
+                l.in_ready = false;
+                if !l.control.is_empty() || !l.circuits.is_empty() {
+                    return Some(link);
+                }
             }
         }
         None
@@ -457,9 +529,9 @@ impl Node {
         let mut v: Vec<LinkId> = self
             .out
             .links
-            .iter()
-            .filter(|(_, l)| !l.queue.is_empty())
-            .map(|(id, _)| *id)
+            .keys()
+            .copied()
+            .filter(|l| self.queued_on(*l) > 0)
             .collect();
         v.sort();
         v
@@ -485,6 +557,9 @@ impl Node {
         for circ in self.circuits.expired(now) {
             self.kill_circuit(now, circ, EndReason::Timeout);
         }
+        for circ in self.circuits.paced_due(now) {
+            self.flush_edge(now, circ);
+        }
     }
 
     // ----- shared circuit plumbing ------------------------------------
@@ -495,15 +570,18 @@ impl Node {
             self.out.stats.circuits_killed += 1;
         }
         let _ = now;
-        let Some(c) = self.circuits.remove(circ) else {
+        let Some(mut c) = self.circuits.remove(circ) else {
             return;
         };
-        self.purge_queued(circ);
+        // Cells still queued for the circuit are dropped: it is gone.
+        for cell in c.to_prev.drain(..).chain(c.to_next.drain(..)) {
+            self.out.pool.give(cell);
+        }
         if let Some((link, id)) = c.prev {
-            self.out.send_destroy(link, id, reason, circ);
+            self.out.send_destroy(link, id, reason);
         }
         if let Some((link, id)) = c.next {
-            self.out.send_destroy(link, id, reason, circ);
+            self.out.send_destroy(link, id, reason);
         }
         self.after_removed(c, circ, reason);
     }
@@ -529,23 +607,6 @@ impl Node {
         }
         for waiting in self.pending_connect.values_mut() {
             waiting.retain(|w| *w != circ);
-        }
-    }
-
-    /// Drops a circuit's cells still queued on links.
-    fn purge_queued(&mut self, circ: CircuitRef) {
-        for l in self.out.links.values_mut() {
-            if l.queue.iter().any(|(_, o)| *o == circ) {
-                let mut kept = VecDeque::with_capacity(l.queue.len());
-                for (cell, owner) in l.queue.drain(..) {
-                    if owner == circ {
-                        self.out.pool.give(cell);
-                    } else {
-                        kept.push_back((cell, owner));
-                    }
-                }
-                l.queue = kept;
-            }
         }
     }
 

@@ -92,22 +92,23 @@ impl Node {
             })
             .ok_or(NodeError::TooManyStreams)?;
         let (hs, msg) = ClientHandshake::start(&mut *self.rng, first.id, first.onion_key);
-        let circ = self.circuits.insert(Circuit {
-            prev: None,
-            next: Some((first_link, id)),
-            role: Role::Origin(Box::new(OriginState {
+        let circ = self.circuits.insert(Circuit::new(
+            None,
+            Some((first_link, id)),
+            Role::Origin(Box::new(OriginState {
                 onion: ClientOnion::new(),
                 path,
                 pending: Some(hs),
                 phase: Phase::Building,
             })),
-            edge: Some(Edge::new(self.config.cc)),
-            queued: 1,
-            deadline: Some(now.plus_nanos(self.config.build_timeout)),
-        });
+            Some(Edge::new(self.config.cc)),
+            Some(now.plus_nanos(self.config.build_timeout)),
+        ));
         let mut cell = self.out.pool.take(id.get(), CellCommand::Create);
         write_handshake_body(cell.body_mut(), &msg);
-        self.out.enqueue(first_link, cell, circ);
+        if let Some(c) = self.circuits.get_mut(circ) {
+            self.out.queue_cell(c, circ, Side::Next, cell);
+        }
         Ok(circ)
     }
 
@@ -192,7 +193,7 @@ impl Node {
                     origin,
                     ready,
                     streams: c.edge.as_ref().map_or(0, |e| e.streams.len()),
-                    queued: c.queued,
+                    queued: c.queued(),
                     cwnd: c.edge.as_ref().map(|e| e.cc.cwnd()),
                     prev: c.prev,
                     next: c.next,

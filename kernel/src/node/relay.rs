@@ -52,12 +52,6 @@ pub(crate) fn write_handshake_body(body: &mut [u8], data: &[u8]) {
     body[4..4 + data.len()].copy_from_slice(data);
 }
 
-/// A CircuitRef that names no circuit, for cells sent outside any circuit.
-const NO_CIRCUIT: CircuitRef = CircuitRef {
-    slot: u32::MAX,
-    generation: 0,
-};
-
 impl Node {
     pub(super) fn relay_on_create(&mut self, now: Time, link: LinkId, id: CircId, cell: Cell) {
         let _ = now;
@@ -65,8 +59,7 @@ impl Node {
         if id.chosen_by_initiator() != peer_is_initiator {
             self.out.stats.cells_dropped += 1;
             self.out.pool.give(cell);
-            self.out
-                .send_destroy(link, id, EndReason::Protocol, NO_CIRCUIT);
+            self.out.send_destroy(link, id, EndReason::Protocol);
             return;
         }
         let reply = parse_handshake_body(cell.body()).and_then(|msg| {
@@ -76,33 +69,30 @@ impl Node {
         let Some((reply, keys)) = reply else {
             self.out.stats.cells_dropped += 1;
             self.out.pool.give(cell);
-            self.out
-                .send_destroy(link, id, EndReason::Protocol, NO_CIRCUIT);
+            self.out.send_destroy(link, id, EndReason::Protocol);
             return;
         };
         let Ok(hop) = RelayHop::new(&keys) else {
             self.out.pool.give(cell);
-            self.out.send_destroy(link, id, EndReason::Misc, NO_CIRCUIT);
+            self.out.send_destroy(link, id, EndReason::Misc);
             return;
         };
-        let circ = self.circuits.insert(Circuit {
-            prev: Some((link, id)),
-            next: None,
-            role: Role::Relay(Box::new(RelayState {
+        let circ = self.circuits.insert(Circuit::new(
+            Some((link, id)),
+            None,
+            Role::Relay(Box::new(RelayState {
                 hop,
                 extend: ExtendState::None,
             })),
-            edge: Some(Edge::new(self.config.cc)),
-            queued: 0,
-            deadline: None,
-        });
+            Some(Edge::new(self.config.cc)),
+            None,
+        ));
         let mut cell = cell;
         cell.set_header(id.get(), CellCommand::Created);
         write_handshake_body(cell.body_mut(), &reply);
         if let Some(c) = self.circuits.get_mut(circ) {
-            c.queued += 1;
+            self.out.queue_cell(c, circ, Side::Prev, cell);
         }
-        self.out.enqueue(link, cell, circ);
     }
 
     /// A cell from the previous hop (travelling away from the client).
@@ -143,15 +133,12 @@ impl Node {
             }
         };
         match (c.next, &r.extend) {
-            (Some((link, next_id)), ExtendState::None) => {
+            (Some((_, next_id)), ExtendState::None) => {
                 r.hop.prepare_forward(cell.body_mut());
                 cell.set_circ_id(next_id);
-                c.queued += 1;
-                let queued = c.queued;
                 self.out.stats.cells_relayed += 1;
-                self.out.stats.max_circuit_queue = self.out.stats.max_circuit_queue.max(queued);
-                self.out.enqueue(link, cell, circ);
-                if queued > limit {
+                let queued = self.out.queue_cell(c, circ, Side::Next, cell).unwrap_or(0);
+                if queued > limit as usize {
                     self.kill_circuit(now, circ, EndReason::ResourceLimit);
                 }
             }
@@ -173,7 +160,7 @@ impl Node {
                 let Some(c) = self.circuits.get_mut(circ) else {
                     return;
                 };
-                let (Role::Relay(r), Some((link, prev_id))) = (&mut c.role, c.prev) else {
+                let (Role::Relay(r), Some((_, prev_id))) = (&mut c.role, c.prev) else {
                     return;
                 };
                 if !matches!(r.extend, ExtendState::None) {
@@ -183,12 +170,9 @@ impl Node {
                 }
                 r.hop.layer_inbound(cell.body_mut());
                 cell.set_circ_id(prev_id);
-                c.queued += 1;
-                let queued = c.queued;
                 self.out.stats.cells_relayed += 1;
-                self.out.stats.max_circuit_queue = self.out.stats.max_circuit_queue.max(queued);
-                self.out.enqueue(link, cell, circ);
-                if queued > limit {
+                let queued = self.out.queue_cell(c, circ, Side::Prev, cell).unwrap_or(0);
+                if queued > limit as usize {
                     self.kill_circuit(now, circ, EndReason::ResourceLimit);
                 }
             }
@@ -248,6 +232,9 @@ impl Node {
         let Some(c) = self.circuits.get_mut(circ) else {
             return;
         };
+        for cell in c.to_next.drain(..) {
+            self.out.pool.give(cell);
+        }
         if let Some(next) = c.next.take() {
             self.circuits.unbind(next);
         }
@@ -330,11 +317,10 @@ impl Node {
             return;
         };
         c.next = Some((link, id));
-        c.queued += 1;
-        self.circuits.bind((link, id), circ, Side::Next);
         let mut cell = self.out.pool.take(id.get(), CellCommand::Create);
         write_handshake_body(cell.body_mut(), &handshake);
-        self.out.enqueue(link, cell, circ);
+        self.out.queue_cell(c, circ, Side::Next, cell);
+        self.circuits.bind((link, id), circ, Side::Next);
     }
 
     /// The extension could not be made: TRUNCATED back to the client.

@@ -6,13 +6,13 @@
 //! Slots carry a generation so a stale [`CircuitRef`] never reaches a newer
 //! circuit in a reused slot.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use super::edge::Edge;
 use super::origin::OriginState;
 use super::relay::RelayState;
 use super::{CircuitRef, LinkId};
-use crate::cell::CircId;
+use crate::cell::{Cell, CircId};
 use crate::time::Time;
 
 /// Which neighbour a (link, circuit id) pair leads to.
@@ -42,10 +42,39 @@ pub(crate) struct Circuit {
     /// Streams and congestion control when this node is an end of the
     /// circuit (the origin, or the current last hop).
     pub edge: Option<Edge>,
-    /// Cells queued on links for this circuit.
-    pub queued: u32,
+    /// Cells waiting for the previous hop's link (each circuit has its own
+    /// queue per direction; links serve circuits round-robin).
+    pub to_prev: VecDeque<Cell>,
+    /// Cells waiting for the next hop's link.
+    pub to_next: VecDeque<Cell>,
     /// When the circuit must be ready (building circuits only).
     pub deadline: Option<Time>,
+}
+
+impl Circuit {
+    /// A circuit with empty queues.
+    pub fn new(
+        prev: Option<(LinkId, CircId)>,
+        next: Option<(LinkId, CircId)>,
+        role: Role,
+        edge: Option<Edge>,
+        deadline: Option<Time>,
+    ) -> Circuit {
+        Circuit {
+            prev,
+            next,
+            role,
+            edge,
+            to_prev: VecDeque::new(),
+            to_next: VecDeque::new(),
+            deadline,
+        }
+    }
+
+    /// Cells queued on links for this circuit.
+    pub fn queued(&self) -> u32 {
+        (self.to_prev.len() + self.to_next.len()) as u32
+    }
 }
 
 struct Slot {
@@ -156,12 +185,6 @@ impl CircuitTable {
         matches!(self.get(r).map(|c| &c.role), Some(Role::Origin(_)))
     }
 
-    pub fn on_dequeued(&mut self, r: CircuitRef) {
-        if let Some(c) = self.get_mut(r) {
-            c.queued = c.queued.saturating_sub(1);
-        }
-    }
-
     pub fn iter(&self) -> impl Iterator<Item = (CircuitRef, &Circuit)> {
         self.slots.iter().enumerate().filter_map(|(i, s)| {
             s.circuit.as_ref().map(|c| {
@@ -177,12 +200,29 @@ impl CircuitTable {
     }
 
     pub fn earliest_deadline(&self) -> Option<Time> {
-        self.iter().filter_map(|(_, c)| c.deadline).min()
+        self.iter()
+            .flat_map(|(_, c)| [c.deadline, c.edge.as_ref().and_then(|e| e.wakeup)])
+            .flatten()
+            .min()
     }
 
+    /// Circuits whose build deadline passed.
     pub fn expired(&self, now: Time) -> Vec<CircuitRef> {
         self.iter()
             .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
+            .map(|(r, _)| r)
+            .collect()
+    }
+
+    /// Circuits whose paced sending is due.
+    pub fn paced_due(&self, now: Time) -> Vec<CircuitRef> {
+        self.iter()
+            .filter(|(_, c)| {
+                c.edge
+                    .as_ref()
+                    .and_then(|e| e.wakeup)
+                    .is_some_and(|w| w <= now)
+            })
             .map(|(r, _)| r)
             .collect()
     }
