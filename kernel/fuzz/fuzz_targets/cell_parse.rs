@@ -13,7 +13,11 @@ fuzz_target!(|data: &[u8]| {
     let cell = match Cell::from_slice(data) {
         Ok(cell) => cell,
         Err(e) => {
-            assert_ne!(data.len(), CELL_LEN, "a {CELL_LEN}-byte input was rejected: {e}");
+            assert_ne!(
+                data.len(),
+                CELL_LEN,
+                "a {CELL_LEN}-byte input was rejected: {e}"
+            );
             assert_eq!(e, CellError::BadLength(data.len()));
             return;
         }

@@ -25,7 +25,11 @@ fuzz_target!(|data: &[u8]| {
 
     // parse_full is RelayMsg::parse plus typed-body checks.
     if let Ok(m) = full {
-        assert_eq!(msg, Ok(m), "parse_full accepted what RelayMsg::parse rejected");
+        assert_eq!(
+            msg,
+            Ok(m),
+            "parse_full accepted what RelayMsg::parse rejected"
+        );
     }
 
     if let Ok(m) = msg {
@@ -41,7 +45,11 @@ fuzz_target!(|data: &[u8]| {
             RelayCommand::Sendme => m.body.len() >= 16,
             _ => true,
         };
-        assert_eq!(full.is_ok(), typed_ok, "parse_full disagrees with the typed parser");
+        assert_eq!(
+            full.is_ok(),
+            typed_ok,
+            "parse_full disagrees with the typed parser"
+        );
         check_bodies(m.body);
     }
 
@@ -64,7 +72,13 @@ fn check_header(data: &[u8], m: &RelayMsg<'_>) {
     assert_eq!(&room[..], &data[..MSG_HEADER_LEN + len]);
     assert_eq!(RelayMsg::parse(&room), Ok(*m));
     // One byte short must be refused, not panic.
-    assert!(RelayMsg::write(&mut room[..MSG_HEADER_LEN + len - 1], m.command, m.stream, m.body).is_err());
+    assert!(RelayMsg::write(
+        &mut room[..MSG_HEADER_LEN + len - 1],
+        m.command,
+        m.stream,
+        m.body
+    )
+    .is_err());
 }
 
 /// Runs every typed body parser on `body` and checks re-encoding.
