@@ -128,7 +128,7 @@ impl Vegas {
     pub fn on_send(&mut self, now: Time, tag: [u8; 16]) {
         self.inflight = self.inflight.saturating_add(1);
         self.sent += 1;
-        if self.sent % u64::from(SENDME_INC) == 0 {
+        if self.sent.is_multiple_of(u64::from(SENDME_INC)) {
             self.awaiting.push_back((now, tag));
         }
     }

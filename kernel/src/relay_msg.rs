@@ -483,12 +483,24 @@ pub fn parse_resolve(body: &[u8]) -> Result<&str, MsgError> {
 pub fn parse_full(room: &[u8]) -> Result<RelayMsg<'_>, MsgError> {
     let msg = RelayMsg::parse(room)?;
     match msg.command {
-        RelayCommand::Begin => drop(Begin::parse(msg.body)?),
-        RelayCommand::Connected => drop(parse_connected(msg.body)?),
-        RelayCommand::Extend => drop(Extend::parse(msg.body)?),
-        RelayCommand::Datagram => drop(parse_datagram(msg.body)?),
-        RelayCommand::Resolved => drop(parse_resolved(msg.body)?),
-        RelayCommand::Resolve => drop(parse_resolve(msg.body)?),
+        RelayCommand::Begin => {
+            Begin::parse(msg.body)?;
+        }
+        RelayCommand::Connected => {
+            parse_connected(msg.body)?;
+        }
+        RelayCommand::Extend => {
+            Extend::parse(msg.body)?;
+        }
+        RelayCommand::Datagram => {
+            parse_datagram(msg.body)?;
+        }
+        RelayCommand::Resolved => {
+            parse_resolved(msg.body)?;
+        }
+        RelayCommand::Resolve => {
+            parse_resolve(msg.body)?;
+        }
         RelayCommand::Sendme if msg.body.len() < 16 => return Err(MsgError::Truncated),
         _ => {}
     }

@@ -3,6 +3,8 @@
 //! slow or a reader stalls, and a sender that ignores congestion control is
 //! cut off by the relay's per-circuit bound without hurting others.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

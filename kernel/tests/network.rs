@@ -2,6 +2,8 @@
 //! 1 to 8 hops, many streams, many circuits, and byte-exact transfers both
 //! ways.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

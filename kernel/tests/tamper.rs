@@ -3,6 +3,8 @@
 //! byte reaches an application, and another circuit through the same relays
 //! keeps working.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -2,6 +2,8 @@
 //! are recomputed here from their stated inputs and must match byte for
 //! byte. Run with RELAY_PRINT_VECTORS=1 and --nocapture to print them.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use relay_kernel::crypto::onion::{
     outbound_room, ClientOnion, HopKeys, RelayHop, KEY_MATERIAL_LEN,
 };

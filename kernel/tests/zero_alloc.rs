@@ -3,6 +3,8 @@
 //! sees zero allocations over more than 1,000,000 forwarded cells in steady
 //! state.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};

@@ -661,7 +661,7 @@ impl Node {
     ) -> Result<(), NodeError> {
         let edge = self.edge_mut(s.circuit).ok_or(NodeError::NoSuchCircuit)?;
         let st = edge.streams.remove(&s.id).ok_or(NodeError::NoSuchStream)?;
-        if !st.end_sent && st.recv_end.map_or(true, |r| r == EndReason::Done) {
+        if !st.end_sent && st.recv_end.is_none_or(|r| r == EndReason::Done) {
             self.edge_send(now, s.circuit, RelayCommand::End, s.id, &[reason as u8])?;
         }
         Ok(())

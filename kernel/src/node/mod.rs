@@ -30,7 +30,7 @@ use crate::stream::{StreamLimits, StreamRef, TargetAddr};
 use crate::time::Time;
 
 pub use origin::{CircuitInfo, HopSpec};
-pub(crate) use table::{Circuit, CircuitTable, Role, Side};
+pub(crate) use table::{fast_map, Circuit, CircuitTable, FastMap, Role, Side};
 
 /// A link, as the driver names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -191,7 +191,7 @@ pub(crate) struct LinkState {
 
 /// Everything a circuit handler may need besides the circuit table.
 pub(crate) struct Outbox {
-    pub links: HashMap<LinkId, LinkState>,
+    pub links: FastMap<LinkId, LinkState>,
     pub pool: CellPool,
     pub events: VecDeque<Event>,
     ready: VecDeque<LinkId>,
@@ -232,10 +232,13 @@ impl Outbox {
         if queue.is_empty() {
             l.circuits.push_back((circ, side));
         }
+        if !l.in_ready {
+            l.in_ready = true;
+            self.ready.push_back(link);
+        }
         queue.push_back(cell);
         let len = queue.len();
         self.stats.max_circuit_queue = self.stats.max_circuit_queue.max(len as u32);
-        self.mark_ready(link);
         Some(len)
     }
 
@@ -303,16 +306,17 @@ impl Node {
         id: NodeId,
         onion: OnionKeypair,
         config: NodeConfig,
-        rng: Box<dyn CryptoRngCore + Send>,
+        mut rng: Box<dyn CryptoRngCore + Send>,
     ) -> Node {
+        let (table_seed, link_seed) = (rng.next_u64(), rng.next_u64());
         Node {
             id,
             onion,
             config,
             rng,
-            circuits: CircuitTable::default(),
+            circuits: CircuitTable::new(table_seed),
             out: Outbox {
-                links: HashMap::new(),
+                links: fast_map(link_seed),
                 pool: CellPool::with_limit(config.cell_pool),
                 events: VecDeque::new(),
                 ready: VecDeque::new(),

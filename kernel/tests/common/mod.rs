@@ -195,9 +195,7 @@ impl Net {
     pub fn build_ready(&mut self, client: usize, path: &[usize]) -> CircuitRef {
         let c = self.build(client, path);
         let ok = self.run_until(20_000, |net| {
-            net.events[client]
-                .iter()
-                .any(|e| *e == Event::CircuitReady(c))
+            net.events[client].contains(&Event::CircuitReady(c))
         });
         assert!(ok, "circuit not ready: {:?}", self.events[client]);
         self.events[client].retain(|e| *e != Event::CircuitReady(c));
@@ -407,10 +405,11 @@ impl Net {
                     snd.sent += n;
                 }
             }
-            if snd.sent == snd.data.len() && !snd.finished {
-                if node.stream_finish(now, snd.stream).is_ok() {
-                    snd.finished = true;
-                }
+            if snd.sent == snd.data.len()
+                && !snd.finished
+                && node.stream_finish(now, snd.stream).is_ok()
+            {
+                snd.finished = true;
             }
             if self.clients_read {
                 while let Ok(n) = node.stream_read(now, snd.stream, &mut buf) {
