@@ -320,3 +320,21 @@ fn link_loss_closes_circuits_and_tells_the_client() {
     assert_eq!(net.nodes[1].circuit_count(), 0);
     assert_eq!(net.nodes[2].circuit_count(), 0);
 }
+
+#[test]
+fn padding_is_carried_and_ignored() {
+    let mut net = Net::new(4, 15);
+    let c = net.build_ready(0, &[1, 2, 3]);
+    let before = net.nodes[3].stats().cells_in;
+    let now = net.now;
+    for _ in 0..40 {
+        net.nodes[0].send_padding(now, c).unwrap();
+    }
+    net.run_until(200, |_| false);
+    // 40 DROPs arrived at the exit (plus nothing else), and SENDMEs
+    // acknowledged them: the circuit is still healthy.
+    assert_eq!(net.nodes[3].stats().cells_in - before, 40);
+    net.start_echo(0, c, data(10_000, 1));
+    assert!(net.run_until(2000, |n| n.all_senders_done()));
+    assert!(net.senders[0].ok());
+}

@@ -517,6 +517,15 @@ impl Node {
         }
     }
 
+    /// Sends one DROP (padding) message to the other end of the circuit,
+    /// indistinguishable on the wire from any other relay cell.
+    pub fn send_padding(&mut self, now: Time, circ: CircuitRef) -> Result<(), NodeError> {
+        if self.edge_mut(circ).is_none() {
+            return Err(NodeError::NoSuchCircuit);
+        }
+        self.edge_send(now, circ, RelayCommand::Drop, 0, &[])
+    }
+
     /// (Exit) Accepts a requested stream: CONNECTED goes back.
     pub fn accept_stream(
         &mut self,
