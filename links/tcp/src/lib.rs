@@ -1,0 +1,350 @@
+//! TCP links: the baseline. The Noise handshake of `relay-link`, then
+//! frames of `u16 length || AES-256-GCM(type || payload)` with the frame
+//! counter as nonce (TCP keeps order). A frame carries up to 64 cells, a
+//! keepalive, or a graceful close.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use relay_kernel::{Cell, NodeId, CELL_LEN};
+use relay_link::link::CloseCell;
+use relay_link::transport::{OpenKey, SealKey, TAG_LEN};
+use relay_link::{
+    link_pair, BoxFut, CloseReason, Identity, Initiator, Link, LinkConfig, LinkError, LinkIo,
+    Outgoing, Responder, Scheme, Session, StaticKey, Transport,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio::time::timeout;
+
+const FRAME_CELLS: u8 = 0;
+const FRAME_KEEPALIVE: u8 = 1;
+const FRAME_CLOSE: u8 = 2;
+/// Cells per frame: 64 × 514 bytes fits a u16 length with room to spare.
+const MAX_BATCH: usize = 64;
+const MAX_FRAME: usize = 1 + MAX_BATCH * CELL_LEN + TAG_LEN;
+
+/// A TCP listener plus the means to dial.
+pub struct TcpTransport {
+    local: SocketAddr,
+    key: Arc<StaticKey>,
+    config: LinkConfig,
+    accepted: tokio::sync::Mutex<mpsc::Receiver<Result<Link, LinkError>>>,
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl TcpTransport {
+    /// Listens on `addr` (port 0 picks one).
+    pub async fn bind(
+        addr: SocketAddr,
+        identity: &Identity,
+        config: LinkConfig,
+    ) -> Result<TcpTransport, LinkError> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let key = Arc::new(StaticKey::new(identity)?);
+        let (tx, rx) = mpsc::channel(64);
+        let tasks: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            key.clone(),
+            config,
+            tx,
+            tasks.clone(),
+        ));
+        track(&tasks, accept.abort_handle());
+        Ok(TcpTransport {
+            local,
+            key,
+            config,
+            accepted: tokio::sync::Mutex::new(rx),
+            tasks,
+        })
+    }
+}
+
+fn track(tasks: &Arc<Mutex<Vec<AbortHandle>>>, h: AbortHandle) {
+    if let Ok(mut t) = tasks.lock() {
+        t.retain(|h| !h.is_finished());
+        t.push(h);
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    key: Arc<StaticKey>,
+    config: LinkConfig,
+    out: mpsc::Sender<Result<Link, LinkError>>,
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
+) {
+    loop {
+        let Ok((stream, remote)) = listener.accept().await else {
+            continue;
+        };
+        let (key, out, tasks2) = (key.clone(), out.clone(), tasks.clone());
+        let h = tokio::spawn(async move {
+            let shaken = timeout(config.handshake_timeout, respond(stream, &key)).await;
+            // Failed or slow handshakes (garbage, scanners) are dropped
+            // silently: the listener goes on.
+            if let Ok(Ok((stream, session))) = shaken {
+                let link = start_link(stream, session, remote, false, config, &tasks2);
+                let _ = out.send(Ok(link)).await;
+            }
+        });
+        track(&tasks, h.abort_handle());
+    }
+}
+
+async fn read_msg(stream: &mut TcpStream) -> Result<Vec<u8>, LinkError> {
+    let len = usize::from(stream.read_u16().await?);
+    if len > relay_link::handshake::MAX_MSG {
+        return Err(LinkError::Handshake("oversized handshake message"));
+    }
+    let mut buf = vec![0u8; len];
+    stream.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_msg(stream: &mut TcpStream, msg: &[u8]) -> Result<(), LinkError> {
+    stream.write_u16(msg.len() as u16).await?;
+    stream.write_all(msg).await?;
+    Ok(())
+}
+
+async fn respond(
+    mut stream: TcpStream,
+    key: &StaticKey,
+) -> Result<(TcpStream, Session), LinkError> {
+    let m1 = read_msg(&mut stream).await?;
+    let (r, m2) = Responder::respond(key, &m1)?;
+    write_msg(&mut stream, &m2).await?;
+    let m3 = read_msg(&mut stream).await?;
+    Ok((stream, r.finish(&m3)?))
+}
+
+async fn initiate(
+    mut stream: TcpStream,
+    key: &StaticKey,
+    expected: NodeId,
+) -> Result<(TcpStream, Session), LinkError> {
+    let (i, m1) = Initiator::start(key, expected)?;
+    write_msg(&mut stream, &m1).await?;
+    let m2 = read_msg(&mut stream).await?;
+    let (m3, session) = i.finish(&m2)?;
+    write_msg(&mut stream, &m3).await?;
+    Ok((stream, session))
+}
+
+fn start_link(
+    stream: TcpStream,
+    session: Session,
+    remote: SocketAddr,
+    initiator: bool,
+    config: LinkConfig,
+    tasks: &Arc<Mutex<Vec<AbortHandle>>>,
+) -> Link {
+    let _ = stream.set_nodelay(true);
+    let (link, io) = link_pair(&config, session.peer, remote, initiator);
+    let (rd, wr) = stream.into_split();
+    let LinkIo {
+        outgoing,
+        incoming,
+        closed,
+    } = io;
+    let r = tokio::spawn(reader(rd, session.open, incoming, closed.clone(), config));
+    let w = tokio::spawn(writer(wr, session.seal, outgoing, closed, config));
+    track(tasks, r.abort_handle());
+    track(tasks, w.abort_handle());
+    link
+}
+
+async fn reader(
+    mut rd: OwnedReadHalf,
+    key: OpenKey,
+    incoming: mpsc::Sender<Cell>,
+    closed: CloseCell,
+    config: LinkConfig,
+) {
+    let mut counter = 0u64;
+    let reason = loop {
+        let len = match timeout(config.idle_timeout, rd.read_u16()).await {
+            Err(_) => break CloseReason::IdleTimeout,
+            Ok(Err(e)) => break CloseReason::Error(e.to_string()),
+            Ok(Ok(n)) => usize::from(n),
+        };
+        if !(1 + TAG_LEN..=MAX_FRAME).contains(&len) {
+            break CloseReason::Error("bad frame length".into());
+        }
+        let mut buf = BytesMut::zeroed(len);
+        if let Err(e) = rd.read_exact(&mut buf).await {
+            break CloseReason::Error(e.to_string());
+        }
+        let plain_len = match key.open(counter, &mut buf) {
+            Ok(p) => p.len(),
+            Err(_) => break CloseReason::Error("frame failed authentication".into()),
+        };
+        counter += 1;
+        buf.truncate(plain_len);
+        let ty = buf[0];
+        let _ = buf.split_to(1);
+        match ty {
+            FRAME_CELLS if buf.len().is_multiple_of(CELL_LEN) => {
+                let mut ok = true;
+                while !buf.is_empty() {
+                    let cell = match Cell::from_bytes(buf.split_to(CELL_LEN)) {
+                        Ok(c) => c,
+                        Err(_) => break,
+                    };
+                    if incoming.send(cell).await.is_err() {
+                        ok = false;
+                        break;
+                    }
+                }
+                if !ok {
+                    break CloseReason::Local;
+                }
+            }
+            FRAME_KEEPALIVE => {}
+            FRAME_CLOSE => break CloseReason::Peer,
+            _ => break CloseReason::Error("bad frame type".into()),
+        }
+    };
+    closed.set(reason);
+}
+
+async fn write_frame(
+    wr: &mut OwnedWriteHalf,
+    key: &SealKey,
+    counter: &mut u64,
+    buf: &mut Vec<u8>,
+) -> Result<(), LinkError> {
+    key.seal(*counter, buf)?;
+    *counter += 1;
+    wr.write_u16(buf.len() as u16).await?;
+    wr.write_all(buf).await?;
+    Ok(())
+}
+
+async fn writer(
+    mut wr: OwnedWriteHalf,
+    key: SealKey,
+    mut outgoing: mpsc::Receiver<Outgoing>,
+    closed: CloseCell,
+    config: LinkConfig,
+) {
+    let mut counter = 0u64;
+    let mut buf = Vec::with_capacity(MAX_FRAME + 2);
+    loop {
+        let first = match timeout(config.keepalive, outgoing.recv()).await {
+            Err(_) => {
+                buf.clear();
+                buf.push(FRAME_KEEPALIVE);
+                if write_frame(&mut wr, &key, &mut counter, &mut buf)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                continue;
+            }
+            Ok(None) => {
+                // The node dropped the link: close gracefully.
+                Outgoing::Close
+            }
+            Ok(Some(o)) => o,
+        };
+        buf.clear();
+        buf.push(FRAME_CELLS);
+        let mut close = false;
+        let mut next = Some(first);
+        let mut cells = 0;
+        while let Some(o) = next.take() {
+            match o {
+                Outgoing::Cell(c) => {
+                    buf.extend_from_slice(c.as_bytes());
+                    cells += 1;
+                }
+                Outgoing::Close => {
+                    close = true;
+                    break;
+                }
+            }
+            if cells < MAX_BATCH {
+                next = outgoing.try_recv().ok();
+            }
+        }
+        if cells > 0
+            && write_frame(&mut wr, &key, &mut counter, &mut buf)
+                .await
+                .is_err()
+        {
+            break;
+        }
+        if close {
+            buf.clear();
+            buf.push(FRAME_CLOSE);
+            let _ = write_frame(&mut wr, &key, &mut counter, &mut buf).await;
+            let _ = wr.shutdown().await;
+            closed.set(CloseReason::Local);
+            return;
+        }
+    }
+    closed.set(CloseReason::Error("write failed".into()));
+}
+
+impl Transport for TcpTransport {
+    fn scheme(&self) -> Scheme {
+        Scheme::Tcp
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    fn connect(&self, addr: SocketAddr, expected: NodeId) -> BoxFut<'_, Result<Link, LinkError>> {
+        Box::pin(async move {
+            let stream = timeout(self.config.handshake_timeout, TcpStream::connect(addr))
+                .await
+                .map_err(|_| LinkError::HandshakeTimeout)??;
+            let (stream, session) = timeout(
+                self.config.handshake_timeout,
+                initiate(stream, &self.key, expected),
+            )
+            .await
+            .map_err(|_| LinkError::HandshakeTimeout)??;
+            Ok(start_link(
+                stream,
+                session,
+                addr,
+                true,
+                self.config,
+                &self.tasks,
+            ))
+        })
+    }
+
+    fn accept(&self) -> BoxFut<'_, Result<Link, LinkError>> {
+        Box::pin(async move {
+            let mut rx = self.accepted.lock().await;
+            rx.recv().await.unwrap_or(Err(LinkError::Closed))
+        })
+    }
+
+    fn crash(&self) {
+        if let Ok(t) = self.tasks.lock() {
+            for h in t.iter() {
+                h.abort();
+            }
+        }
+    }
+}
+
+impl Drop for TcpTransport {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}
