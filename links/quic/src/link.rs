@@ -1,0 +1,379 @@
+//! One QUIC connection carrying one link: the tasks behind the channels.
+//!
+//! Each circuit gets its own unidirectional stream in each direction, opened
+//! by the sender the first time it sends a cell of that circuit. QUIC keeps
+//! order within a stream but not across streams, so each circuit's cells stay
+//! in order while a lost packet only holds up the circuits whose data it
+//! carried (no head-of-line blocking across circuits, unlike TCP). A stream is
+//! finished when its circuit is destroyed (a DESTROY cell sent or received), so
+//! streams do not pile up over a long-lived link.
+//!
+//! Every stream starts with one byte saying what it carries: cells (then
+//! whole 514-byte cells until the end), or a control message:
+//!
+//! - `FIN`: "I have sent everything and finished all my cell streams". It is
+//!   opened after every cell stream, and QUIC hands streams to the receiver
+//!   in the order they were opened, so once it arrives the receiver knows
+//!   the set of cell streams is complete; it reads them to their ends,
+//!   reports the close ([`CloseReason::Peer`]) and closes the connection.
+//! - `DRAINED`: "I have read all you sent". Only needed when both ends close
+//!   at once: neither may then close the connection (which discards data in
+//!   flight) before the other has read everything, so each drains, says so,
+//!   and the connection is closed once both have.
+//!
+//! Keepalives and the idle timeout are QUIC's own (see the transport
+//! config); a peer that vanishes shows up as a connection timeout.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use quinn::{Connection, ConnectionError, RecvStream, SendStream};
+use relay_kernel::{Cell, CellCommand, CELL_LEN};
+use relay_link::link::CloseCell;
+use relay_link::{CloseReason, LinkIo, Outgoing};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+/// First byte of a stream of cells.
+const KIND_CELLS: u8 = 0;
+/// First (and only) byte of the stream announcing a graceful close.
+const KIND_FIN: u8 = 1;
+/// First (and only) byte of the stream confirming we read all the peer sent.
+const KIND_DRAINED: u8 = 2;
+
+/// Connection close codes.
+pub(crate) mod code {
+    use quinn::VarInt;
+    /// Graceful close: everything sent was read.
+    pub(crate) const DONE: VarInt = VarInt::from_u32(1);
+    /// The transport was dropped.
+    pub(crate) const GOING_AWAY: VarInt = VarInt::from_u32(2);
+    /// The peer broke the stream protocol.
+    pub(crate) const PROTOCOL: VarInt = VarInt::from_u32(3);
+    /// A graceful close that the peer did not complete in time.
+    pub(crate) const CLOSE_TIMEOUT: VarInt = VarInt::from_u32(4);
+}
+
+/// Cells the writer takes from the node before writing them out.
+const BATCH_CELLS: usize = 128;
+/// Bytes asked of a stream per read.
+const READ_CHUNK: usize = 64 * CELL_LEN;
+/// How long a closing link waits for the peer to read everything.
+const CLOSE_LINGER: Duration = Duration::from_secs(60);
+
+/// Why a QUIC connection ended, as a link close reason.
+pub(crate) fn close_reason(e: &ConnectionError) -> CloseReason {
+    match e {
+        ConnectionError::TimedOut => CloseReason::IdleTimeout,
+        ConnectionError::LocallyClosed => CloseReason::Local,
+        ConnectionError::ApplicationClosed(c) if c.error_code == code::DONE => CloseReason::Peer,
+        ConnectionError::ApplicationClosed(c) if c.error_code == code::GOING_AWAY => {
+            CloseReason::Error("peer shut down".into())
+        }
+        ConnectionError::ApplicationClosed(c) => {
+            CloseReason::Error(format!("peer closed the link (code {})", c.error_code))
+        }
+        other => CloseReason::Error(other.to_string()),
+    }
+}
+
+/// Starts the tasks of an established link; returns them for the transport
+/// to abort on a crash.
+pub(crate) fn spawn(conn: Connection, io: LinkIo) -> [tokio::task::JoinHandle<()>; 2] {
+    let LinkIo {
+        outgoing,
+        incoming,
+        closed,
+    } = io;
+    let closing = Arc::new(AtomicBool::new(false));
+    let (destroyed_tx, destroyed_rx) = mpsc::unbounded_channel();
+    let r = tokio::spawn(receiver(
+        conn.clone(),
+        incoming,
+        closed.clone(),
+        closing.clone(),
+        destroyed_tx,
+    ));
+    let w = tokio::spawn(writer(conn, outgoing, closed, closing, destroyed_rx));
+    [r, w]
+}
+
+/// Opens a stream carrying one control byte, and finishes it.
+async fn send_control(conn: &Connection, kind: u8) -> Result<(), String> {
+    let mut s = conn.open_uni().await.map_err(|e| e.to_string())?;
+    s.write_all(&[kind]).await.map_err(|e| e.to_string())?;
+    s.finish().map_err(|e| e.to_string())
+}
+
+/// Cells bound for one stream within a batch.
+struct Group {
+    circ: u32,
+    bytes: BytesMut,
+    /// The batch destroys the circuit: finish its stream after this.
+    last: bool,
+}
+
+/// Takes cells from the node and writes each circuit's to its stream.
+async fn writer(
+    conn: Connection,
+    mut outgoing: mpsc::Receiver<Outgoing>,
+    closed: CloseCell,
+    closing: Arc<AtomicBool>,
+    mut destroyed: mpsc::UnboundedReceiver<u32>,
+) {
+    let mut streams: HashMap<u32, SendStream> = HashMap::new();
+    let mut groups: Vec<Group> = Vec::new();
+    loop {
+        let first = tokio::select! {
+            biased;
+            Some(circ) = destroyed.recv() => {
+                // The peer destroyed the circuit: we will send no more on it.
+                if let Some(mut s) = streams.remove(&circ) {
+                    let _ = s.finish();
+                }
+                continue;
+            }
+            o = outgoing.recv() => o,
+            e = conn.closed() => {
+                closed.set(close_reason(&e));
+                return;
+            }
+        };
+        // None: the node dropped the link, which closes it gracefully.
+        let mut next = Some(first.unwrap_or(Outgoing::Close));
+        let mut close = false;
+        let mut cells = 0;
+        groups.clear();
+        while let Some(o) = next.take() {
+            match o {
+                Outgoing::Cell(c) => {
+                    let circ = c.raw_circ_id();
+                    let destroy = c.raw_command() == CellCommand::Destroy as u8;
+                    let i = match groups.iter().position(|g| g.circ == circ && !g.last) {
+                        Some(i) => i,
+                        None => {
+                            groups.push(Group {
+                                circ,
+                                bytes: BytesMut::with_capacity(CELL_LEN),
+                                last: false,
+                            });
+                            groups.len() - 1
+                        }
+                    };
+                    let g = &mut groups[i];
+                    g.bytes.extend_from_slice(c.as_bytes());
+                    g.last = destroy;
+                    cells += 1;
+                }
+                Outgoing::Close => {
+                    close = true;
+                    break;
+                }
+            }
+            if cells < BATCH_CELLS {
+                next = outgoing.try_recv().ok();
+            }
+        }
+        for g in groups.drain(..) {
+            if let Err(e) = write_group(&conn, &mut streams, g).await {
+                fail(&conn, &closed, e);
+                return;
+            }
+        }
+        if close {
+            close_gracefully(&conn, &closed, &closing, streams).await;
+            return;
+        }
+    }
+}
+
+/// Writes one batch's cells for one circuit, opening its stream if needed.
+async fn write_group(
+    conn: &Connection,
+    streams: &mut HashMap<u32, SendStream>,
+    g: Group,
+) -> Result<(), String> {
+    let s = match streams.entry(g.circ) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(v) => {
+            let mut s = conn.open_uni().await.map_err(|e| e.to_string())?;
+            s.write_all(&[KIND_CELLS])
+                .await
+                .map_err(|e| e.to_string())?;
+            v.insert(s)
+        }
+    };
+    s.write_chunk(g.bytes.freeze())
+        .await
+        .map_err(|e| e.to_string())?;
+    if g.last {
+        if let Some(mut s) = streams.remove(&g.circ) {
+            let _ = s.finish();
+        }
+    }
+    Ok(())
+}
+
+/// Records why the link failed: the connection's reason if it is closed,
+/// else `e`.
+fn fail(conn: &Connection, closed: &CloseCell, e: String) {
+    closed.set(match conn.close_reason() {
+        Some(r) => close_reason(&r),
+        None => CloseReason::Error(e),
+    });
+}
+
+/// Finishes every stream, announces the close, and waits (a while) for the
+/// peer to read everything and close the connection.
+async fn close_gracefully(
+    conn: &Connection,
+    closed: &CloseCell,
+    closing: &AtomicBool,
+    streams: HashMap<u32, SendStream>,
+) {
+    closing.store(true, Ordering::SeqCst);
+    for (_, mut s) in streams {
+        let _ = s.finish();
+    }
+    // Recorded first: once the FIN is out the peer may close at once.
+    closed.set(CloseReason::Local);
+    if send_control(conn, KIND_FIN).await.is_err() {
+        return;
+    }
+    // Our handle keeps the connection open until the peer has read it all
+    // (dropping every handle would close it at once, discarding data).
+    if tokio::time::timeout(CLOSE_LINGER, conn.closed())
+        .await
+        .is_err()
+    {
+        conn.close(code::CLOSE_TIMEOUT, b"close not completed");
+    }
+}
+
+/// What a finished stream carried.
+enum Carried {
+    Cells,
+    Fin,
+    Drained,
+}
+
+/// Accepts the peer's streams, runs a reader for each, and ends the link
+/// when the connection closes or the peer's graceful close completes.
+async fn receiver(
+    conn: Connection,
+    incoming: mpsc::Sender<Cell>,
+    closed: CloseCell,
+    closing: Arc<AtomicBool>,
+    destroyed: mpsc::UnboundedSender<u32>,
+) {
+    let mut incoming = Some(incoming);
+    let mut readers: JoinSet<Result<Carried, String>> = JoinSet::new();
+    let (mut got_fin, mut drained, mut got_drained) = (false, false, false);
+    let reason = loop {
+        tokio::select! {
+            s = conn.accept_uni() => match s {
+                Ok(s) => {
+                    readers.spawn(read_stream(s, incoming.clone(), destroyed.clone()));
+                }
+                Err(e) => break close_reason(&e),
+            },
+            Some(done) = readers.join_next() => match done {
+                Ok(Ok(Carried::Cells)) => {}
+                Ok(Ok(Carried::Fin)) => got_fin = true,
+                Ok(Ok(Carried::Drained)) => got_drained = true,
+                Ok(Err(e)) => {
+                    if let Some(r) = conn.close_reason() {
+                        break close_reason(&r);
+                    }
+                    conn.close(code::PROTOCOL, b"bad stream");
+                    break CloseReason::Error(e);
+                }
+                Err(_) => {
+                    conn.close(code::PROTOCOL, b"internal error");
+                    break CloseReason::Error("stream reader failed".into());
+                }
+            },
+        }
+        if got_fin && !drained && readers.is_empty() {
+            // Every cell stream the peer opened came before its FIN, and all
+            // have been read to the end: the node has everything.
+            drained = true;
+            closed.set(CloseReason::Peer);
+            incoming = None;
+            if !closing.load(Ordering::SeqCst) {
+                conn.close(code::DONE, b"");
+                break CloseReason::Peer;
+            }
+            // We are closing too: our data may still be in flight, so the
+            // connection stays up until the peer has read it.
+            if let Err(e) = send_control(&conn, KIND_DRAINED).await {
+                break CloseReason::Error(e);
+            }
+        }
+        if drained && got_drained {
+            conn.close(code::DONE, b"");
+            break CloseReason::Peer;
+        }
+    };
+    closed.set(reason);
+    // Readers still running hold senders; stop them so the node sees the end.
+    readers.abort_all();
+}
+
+/// Reads one stream to its end. Cells go to the node (or nowhere once the
+/// node stopped listening, so the peer is never blocked by flow control).
+async fn read_stream(
+    mut s: RecvStream,
+    incoming: Option<mpsc::Sender<Cell>>,
+    destroyed: mpsc::UnboundedSender<u32>,
+) -> Result<Carried, String> {
+    let mut kind = [0u8; 1];
+    s.read_exact(&mut kind).await.map_err(|e| e.to_string())?;
+    match kind[0] {
+        KIND_CELLS => {}
+        KIND_FIN | KIND_DRAINED => {
+            // A control stream is its kind byte alone.
+            s.read_to_end(0).await.map_err(|e| e.to_string())?;
+            return Ok(if kind[0] == KIND_FIN {
+                Carried::Fin
+            } else {
+                Carried::Drained
+            });
+        }
+        _ => return Err("unknown stream kind".into()),
+    }
+    let mut incoming = incoming;
+    let mut buf = BytesMut::new();
+    loop {
+        // Read whatever has arrived, up to READ_CHUNK, behind any partial
+        // cell left from the last read. Cells are split off this buffer
+        // without copying.
+        let have = buf.len();
+        buf.resize(have + READ_CHUNK, 0);
+        match s.read(&mut buf[have..]).await.map_err(|e| e.to_string())? {
+            Some(n) => buf.truncate(have + n),
+            None => {
+                buf.truncate(have);
+                break;
+            }
+        }
+        while buf.len() >= CELL_LEN {
+            let cell = Cell::from_bytes(buf.split_to(CELL_LEN)).map_err(|e| e.to_string())?;
+            if cell.raw_command() == CellCommand::Destroy as u8 {
+                let _ = destroyed.send(cell.raw_circ_id());
+            }
+            if let Some(tx) = &incoming {
+                if tx.send(cell).await.is_err() {
+                    incoming = None;
+                }
+            }
+        }
+    }
+    if !buf.is_empty() {
+        return Err("stream ended inside a cell".into());
+    }
+    Ok(Carried::Cells)
+}

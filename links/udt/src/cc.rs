@@ -1,0 +1,175 @@
+//! Congestion control for udt links behind one trait, plus the RTT
+//! estimator. CUBIC (RFC 9438) is the default; the trait is where UDT's
+//! rate-based scheme and a BBR-style model would plug in (not written yet).
+
+use relay_kernel::Time;
+
+/// Smoothed RTT state (RFC 9002 style), in nanoseconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Rtt {
+    /// Smoothed RTT.
+    pub srtt: u64,
+    /// RTT variation.
+    pub rttvar: u64,
+    /// Smallest sample.
+    pub min: u64,
+    /// Latest sample.
+    pub latest: u64,
+    has_sample: bool,
+}
+
+impl Default for Rtt {
+    fn default() -> Self {
+        // 100 ms before the first sample (RFC 9002 uses 333 ms; links here
+        // are usually faster and the handshake gives a sample at once).
+        Rtt {
+            srtt: 100_000_000,
+            rttvar: 50_000_000,
+            min: u64::MAX,
+            latest: 100_000_000,
+            has_sample: false,
+        }
+    }
+}
+
+impl Rtt {
+    /// Adds a sample (already corrected for the peer's ACK delay).
+    pub fn sample(&mut self, rtt: u64) {
+        let rtt = rtt.max(1);
+        self.latest = rtt;
+        self.min = self.min.min(rtt);
+        if !self.has_sample {
+            self.srtt = rtt;
+            self.rttvar = rtt / 2;
+            self.has_sample = true;
+        } else {
+            let diff = self.srtt.abs_diff(rtt);
+            self.rttvar = (3 * self.rttvar + diff) / 4;
+            self.srtt = (7 * self.srtt + rtt) / 8;
+        }
+    }
+
+    /// Probe timeout: srtt + 4 rttvar, at least 2 ms.
+    pub fn pto(&self) -> u64 {
+        (self.srtt + 4 * self.rttvar).max(2_000_000)
+    }
+}
+
+/// A congestion controller.
+pub trait Congestion: Send {
+    /// Bytes that may be in flight.
+    fn window(&self) -> usize;
+    /// Bytes were acknowledged.
+    fn on_ack(&mut self, now: Time, bytes: usize, rtt: &Rtt);
+    /// A packet sent at `sent` was lost (one reduction per round trip).
+    fn on_loss(&mut self, now: Time, sent: Time);
+    /// Pacing interval for a datagram of `bytes`, in nanoseconds.
+    fn pacing_interval(&self, bytes: usize, rtt: &Rtt) -> u64 {
+        // Pace at 1.25 × window per smoothed RTT.
+        let w = self.window().max(1) as u128;
+        (u128::from(rtt.srtt) * bytes as u128 * 4 / (w * 5)) as u64
+    }
+}
+
+/// CUBIC (RFC 9438).
+pub struct Cubic {
+    mss: f64,
+    cwnd: f64,
+    ssthresh: f64,
+    w_max: f64,
+    k: f64,
+    epoch: Option<Time>,
+    recovery_start: Time,
+    /// Reno-friendly estimate (RFC 9438 4.3).
+    w_est: f64,
+}
+
+const C: f64 = 0.4;
+const BETA: f64 = 0.7;
+
+impl Cubic {
+    /// A controller for datagrams of `mss` bytes, starting at 10 of them.
+    pub fn new(mss: usize) -> Cubic {
+        let mss = mss as f64;
+        Cubic {
+            mss,
+            cwnd: 10.0 * mss,
+            ssthresh: f64::INFINITY,
+            w_max: 0.0,
+            k: 0.0,
+            epoch: None,
+            recovery_start: Time(0),
+            w_est: 0.0,
+        }
+    }
+}
+
+impl Congestion for Cubic {
+    fn window(&self) -> usize {
+        self.cwnd as usize
+    }
+
+    fn on_ack(&mut self, now: Time, bytes: usize, rtt: &Rtt) {
+        let bytes = bytes as f64;
+        if self.cwnd < self.ssthresh {
+            self.cwnd += bytes;
+            return;
+        }
+        let epoch = *self.epoch.get_or_insert_with(|| {
+            self.w_est = self.cwnd;
+            now
+        });
+        if self.w_max < self.cwnd {
+            self.w_max = self.cwnd;
+            self.k = 0.0;
+        }
+        let t = now.since(epoch) as f64 / 1e9 + rtt.srtt as f64 / 1e9;
+        let w_max = self.w_max / self.mss;
+        let w_cubic = (C * (t - self.k).powi(3) + w_max) * self.mss;
+        self.w_est += 3.0 * (1.0 - BETA) / (1.0 + BETA) * bytes / self.cwnd * self.mss;
+        let target = w_cubic.max(self.w_est).min(1.5 * self.cwnd);
+        if target > self.cwnd {
+            self.cwnd += (target - self.cwnd) / self.cwnd * bytes;
+        } else {
+            self.cwnd += bytes / (100.0 * self.cwnd) * self.mss;
+        }
+    }
+
+    fn on_loss(&mut self, now: Time, sent: Time) {
+        if sent < self.recovery_start {
+            return;
+        }
+        self.recovery_start = now;
+        self.w_max = self.cwnd;
+        self.cwnd = (self.cwnd * BETA).max(2.0 * self.mss);
+        self.ssthresh = self.cwnd;
+        self.k = (self.w_max / self.mss * (1.0 - BETA) / C).cbrt();
+        self.epoch = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_start_then_multiplicative_decrease_then_regrowth() {
+        let mut c = Cubic::new(1000);
+        let rtt = Rtt::default();
+        let w0 = c.window();
+        c.on_ack(Time(1), 10_000, &rtt);
+        assert_eq!(c.window(), w0 + 10_000);
+        c.on_loss(Time(2), Time(1));
+        let after = c.window();
+        assert_eq!(after, ((w0 + 10_000) as f64 * BETA) as usize);
+        // A second loss from before the reduction is the same event.
+        c.on_loss(Time(3), Time(1));
+        assert_eq!(c.window(), after);
+        let mut now = Time(3);
+        for _ in 0..2000 {
+            now = now.plus_nanos(1_000_000);
+            c.on_ack(now, 1000, &rtt);
+        }
+        assert!(c.window() > after);
+    }
+}

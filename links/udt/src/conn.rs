@@ -1,0 +1,587 @@
+//! One udt connection after its handshake: reliability, per-circuit
+//! ordering, flow and congestion control, keepalive and close.
+//!
+//! Sender: every datagram gets a fresh packet number; cells wait in a send
+//! queue and, once sent, in the `sent` map until acknowledged. A packet is
+//! lost once a packet three numbers later is acknowledged, or once it is
+//! older than 9/8 of the RTT when a later one was acknowledged; its cells go
+//! back to the front of the queue and leave again under new numbers. A probe
+//! timer (PTO) resends the oldest unacknowledged cells if acknowledgements
+//! stop. CUBIC bounds the bytes in flight and pacing spreads them.
+//!
+//! Receiver: packet numbers seen are kept as ranges (duplicates and replays
+//! are dropped) and acknowledged, every second packet or after 1 ms. Each
+//! cell carries its circuit's sequence number on this link, so cells are put
+//! back in order per circuit: a lost datagram delays only the circuits whose
+//! cells it carried. A cell window advertised in every ACK bounds what the
+//! receiver holds when the node reads slowly.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use relay_kernel::{Cell, NodeId, Time};
+use relay_link::transport::{OpenKey, SealKey, TAG_LEN};
+use relay_link::Session;
+
+use crate::cc::{Congestion, Cubic, Rtt};
+use crate::packet::*;
+
+/// Tunables for one connection.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnConfig {
+    /// Largest datagram we send.
+    pub max_datagram: usize,
+    /// Cells the receiver holds for the node at most (flow control).
+    pub recv_window_cells: u64,
+    /// Close when nothing was heard for this long.
+    pub idle_timeout: u64,
+    /// Send a PING after this long without sending.
+    pub keepalive: u64,
+}
+
+impl Default for ConnConfig {
+    fn default() -> Self {
+        ConnConfig {
+            max_datagram: 1472,
+            recv_window_cells: 8192,
+            idle_timeout: 15_000_000_000,
+            keepalive: 4_000_000_000,
+        }
+    }
+}
+
+/// Delay before an ACK for a lone packet.
+const MAX_ACK_DELAY: u64 = 1_000_000;
+/// Pacing may catch up this many datagrams after a pause.
+const PACING_BURST: u64 = 8;
+
+struct Sent {
+    time: Time,
+    bytes: usize,
+    cells: Vec<(u32, Cell)>,
+}
+
+/// Per-circuit reordering state.
+#[derive(Default)]
+struct CircuitIn {
+    next: u32,
+    waiting: BTreeMap<u32, Cell>,
+}
+
+/// How a connection ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The peer closed gracefully.
+    Peer,
+    /// We closed gracefully and the peer acknowledged.
+    Local,
+    /// Silence for the idle timeout.
+    IdleTimeout,
+}
+
+/// An established connection.
+pub struct Conn {
+    /// The authenticated peer.
+    pub peer: NodeId,
+    /// Whether we dialled.
+    pub initiator: bool,
+    seal: SealKey,
+    open: OpenKey,
+    config: ConnConfig,
+    // Send side.
+    next_pn: u64,
+    sent: BTreeMap<u64, Sent>,
+    bytes_in_flight: usize,
+    /// (circuit sequence, cell, is a retransmission)
+    queue: VecDeque<(u32, Cell, bool)>,
+    circ_out: crate::FastMap<u32, u32>,
+    first_sends: u64,
+    peer_max_cells: u64,
+    cc: Box<dyn Congestion>,
+    pub(crate) rtt: Rtt,
+    pacing_next: Time,
+    last_ack_eliciting: Time,
+    pto_count: u32,
+    largest_acked: Option<u64>,
+    // Receive side.
+    received: Vec<(u64, u64)>,
+    largest_recv_time: Time,
+    ack_pending: u32,
+    ack_deadline: Option<Time>,
+    window_dirty: bool,
+    circ_in: crate::FastMap<u32, CircuitIn>,
+    ready: VecDeque<Cell>,
+    delivered: u64,
+    // Life.
+    last_recv: Time,
+    last_send: Time,
+    close_requested: bool,
+    close_sent: bool,
+    ended: Option<Ended>,
+    /// The handshake's last message, resent until the peer is heard from
+    /// (the initiator's message 3 may be lost).
+    pub(crate) handshake_echo: Option<Vec<u8>>,
+    heard_data: bool,
+    echo_at: Time,
+    /// Statistics.
+    pub retransmitted_cells: u64,
+    /// Cells that left the queue for the first time since last asked.
+    first_sent_since: u64,
+}
+
+impl Conn {
+    /// A connection with fresh keys.
+    pub fn new(
+        session: Session,
+        initiator: bool,
+        config: ConnConfig,
+        now: Time,
+        seed: u64,
+    ) -> Conn {
+        let payload = config.max_datagram - DATA_HEADER - TAG_LEN;
+        Conn {
+            peer: session.peer,
+            initiator,
+            seal: session.seal,
+            open: session.open,
+            config,
+            next_pn: 0,
+            sent: BTreeMap::new(),
+            bytes_in_flight: 0,
+            queue: VecDeque::new(),
+            circ_out: crate::fast_map(seed),
+            first_sends: 0,
+            peer_max_cells: config.recv_window_cells,
+            cc: Box::new(Cubic::new(payload)),
+            rtt: Rtt::default(),
+            pacing_next: now,
+            last_ack_eliciting: now,
+            pto_count: 0,
+            largest_acked: None,
+            received: Vec::new(),
+            largest_recv_time: now,
+            ack_pending: 0,
+            ack_deadline: None,
+            window_dirty: false,
+            circ_in: crate::fast_map(seed ^ 0x5a5a),
+            ready: VecDeque::new(),
+            delivered: 0,
+            last_recv: now,
+            last_send: now,
+            close_requested: false,
+            close_sent: false,
+            ended: None,
+            handshake_echo: None,
+            heard_data: false,
+            echo_at: now,
+            retransmitted_cells: 0,
+            first_sent_since: 0,
+        }
+    }
+
+    /// Queues a cell.
+    pub fn queue_cell(&mut self, cell: Cell) {
+        let seq = self.circ_out.entry(cell.raw_circ_id()).or_insert(0);
+        let s = *seq;
+        *seq = seq.wrapping_add(1);
+        self.queue.push_back((s, cell, false));
+    }
+
+    /// Asks for a graceful close once everything queued is acknowledged.
+    pub fn close(&mut self) {
+        self.close_requested = true;
+    }
+
+    /// How it ended, once it has.
+    pub fn ended(&self) -> Option<&Ended> {
+        self.ended.as_ref()
+    }
+
+    /// Takes the next cell ready for the node.
+    pub fn pop_ready(&mut self) -> Option<Cell> {
+        let c = self.ready.pop_front()?;
+        self.delivered += 1;
+        // Advertise the larger window soon when it grew by a quarter.
+        if self
+            .delivered
+            .is_multiple_of((self.config.recv_window_cells / 4).max(1))
+        {
+            self.window_dirty = true;
+        }
+        Some(c)
+    }
+
+    /// Puts back a cell the node could not take.
+    pub fn unpop_ready(&mut self, cell: Cell) {
+        self.delivered -= 1;
+        self.ready.push_front(cell);
+    }
+
+    /// Cells waiting for the node.
+    pub fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// Handles a DATA datagram (the whole datagram, header included).
+    pub fn handle_data(&mut self, now: Time, datagram: &mut [u8]) {
+        if datagram.len() < DATA_HEADER + TAG_LEN {
+            return;
+        }
+        let mut pn_bytes = [0u8; 8];
+        pn_bytes.copy_from_slice(&datagram[1..9]);
+        let pn = u64::from_be_bytes(pn_bytes);
+        if self.was_received(pn) {
+            return; // duplicate or replay
+        }
+        let (header, body) = datagram.split_at_mut(DATA_HEADER);
+        let Ok(plain) = self.open.open_with_aad(pn, header, body) else {
+            return; // forged or corrupt: dropped, the link goes on
+        };
+        // Validate every frame before acting on any.
+        if Frames::new(plain).any(|f| f.is_err()) {
+            return;
+        }
+        self.record_received(pn, now);
+        self.last_recv = now;
+        self.heard_data = true;
+        self.handshake_echo = None;
+        let mut eliciting = false;
+        for frame in Frames::new(plain).flatten() {
+            match frame {
+                Frame::Ack(ack) => self.on_ack(now, &ack),
+                Frame::Cell(seq, raw) => {
+                    eliciting = true;
+                    self.on_cell(seq, raw);
+                }
+                Frame::Ping => eliciting = true,
+                Frame::Close => {
+                    eliciting = true;
+                    if self.ended.is_none() {
+                        self.ended = Some(Ended::Peer);
+                    }
+                }
+            }
+        }
+        if eliciting {
+            self.ack_pending += 1;
+            if self.ack_deadline.is_none() {
+                self.ack_deadline = Some(now.plus_nanos(MAX_ACK_DELAY));
+            }
+        }
+    }
+
+    fn was_received(&self, pn: u64) -> bool {
+        self.received
+            .iter()
+            .any(|(lo, hi)| (*lo..=*hi).contains(&pn))
+            || self
+                .received
+                .last()
+                .is_some_and(|(lo, _)| pn < *lo && self.received.len() >= MAX_ACK_RANGES)
+    }
+
+    fn record_received(&mut self, pn: u64, now: Time) {
+        let r = &mut self.received;
+        if r.first().is_none_or(|(_, hi)| pn > *hi) {
+            self.largest_recv_time = now;
+        }
+        // Ranges are kept highest first and merged.
+        let at = r.iter().position(|(lo, _)| *lo <= pn).unwrap_or(r.len());
+        r.insert(at, (pn, pn));
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(r.len());
+        for &(lo, hi) in r.iter() {
+            match merged.last_mut() {
+                Some(last) if lo <= last.0.saturating_add(1) && hi + 1 >= last.0 => {
+                    last.0 = last.0.min(lo);
+                    last.1 = last.1.max(hi);
+                }
+                _ => merged.push((lo, hi)),
+            }
+        }
+        merged.truncate(MAX_ACK_RANGES);
+        *r = merged;
+    }
+
+    fn on_cell(&mut self, seq: u32, raw: &[u8]) {
+        let Ok(cell) = Cell::from_slice(raw) else {
+            return;
+        };
+        let st = self.circ_in.entry(cell.raw_circ_id()).or_default();
+        if seq.wrapping_sub(st.next) >= u32::MAX / 2 {
+            return; // already delivered: a retransmitted copy
+        }
+        if seq == st.next {
+            self.ready.push_back(cell);
+            st.next = st.next.wrapping_add(1);
+            while let Some(c) = st.waiting.remove(&st.next) {
+                self.ready.push_back(c);
+                st.next = st.next.wrapping_add(1);
+            }
+        } else {
+            st.waiting.insert(seq, cell);
+        }
+    }
+
+    fn on_ack(&mut self, now: Time, ack: &Ack) {
+        self.peer_max_cells = self.peer_max_cells.max(ack.max_cells);
+        let Some(&(_, largest)) = ack.ranges.first() else {
+            return;
+        };
+        let mut acked_bytes = 0;
+        let mut largest_newly = None;
+        for &(lo, hi) in &ack.ranges {
+            let pns: Vec<u64> = self.sent.range(lo..=hi).map(|(pn, _)| *pn).collect();
+            for pn in pns {
+                if let Some(s) = self.sent.remove(&pn) {
+                    self.bytes_in_flight -= s.bytes;
+                    acked_bytes += s.bytes;
+                    if pn == largest {
+                        largest_newly = Some(s.time);
+                    }
+                }
+            }
+        }
+        if let Some(sent_at) = largest_newly {
+            let rtt = now
+                .since(sent_at)
+                .saturating_sub(u64::from(ack.delay_us) * 1000);
+            self.rtt.sample(rtt.max(now.since(sent_at) / 8));
+        }
+        if acked_bytes > 0 {
+            self.pto_count = 0;
+            self.cc.on_ack(now, acked_bytes, &self.rtt);
+        }
+        self.largest_acked = Some(self.largest_acked.map_or(largest, |l| l.max(largest)));
+        self.detect_losses(now);
+    }
+
+    fn detect_losses(&mut self, now: Time) {
+        let Some(largest) = self.largest_acked else {
+            return;
+        };
+        let delay = self.rtt.srtt.max(self.rtt.latest) * 9 / 8;
+        let lost: Vec<u64> = self
+            .sent
+            .range(..largest)
+            .filter(|(pn, s)| largest - **pn >= 3 || now.since(s.time) > delay)
+            .map(|(pn, _)| *pn)
+            .collect();
+        self.requeue(now, &lost);
+    }
+
+    /// Puts the cells of lost packets back at the front, oldest first.
+    fn requeue(&mut self, now: Time, lost: &[u64]) {
+        let mut newest_sent = None;
+        for pn in lost.iter().rev() {
+            if let Some(s) = self.sent.remove(pn) {
+                self.bytes_in_flight -= s.bytes;
+                newest_sent = Some(newest_sent.map_or(s.time, |t: Time| t.max(s.time)));
+                self.retransmitted_cells += s.cells.len() as u64;
+                for (seq, c) in s.cells.into_iter().rev() {
+                    self.queue.push_front((seq, c, true));
+                }
+            }
+        }
+        if let Some(t) = newest_sent {
+            self.cc.on_loss(now, t);
+        }
+    }
+
+    /// When `handle_timeout` must next run.
+    pub fn timeout(&self) -> Time {
+        let mut t = self.last_recv.plus_nanos(self.config.idle_timeout);
+        if let Some(d) = self.ack_deadline {
+            t = t.min(d);
+        }
+        if !self.sent.is_empty() {
+            t = t.min(self.pto_deadline());
+        }
+        t = t.min(self.last_send.plus_nanos(self.config.keepalive));
+        if !self.queue.is_empty() && self.pacing_next > self.last_send {
+            t = t.min(self.pacing_next);
+        }
+        t
+    }
+
+    fn pto_deadline(&self) -> Time {
+        self.last_ack_eliciting
+            .plus_nanos(self.rtt.pto() << self.pto_count.min(6))
+    }
+
+    /// Runs timers.
+    pub fn handle_timeout(&mut self, now: Time) {
+        if now.since(self.last_recv) >= self.config.idle_timeout && self.ended.is_none() {
+            self.ended = Some(Ended::IdleTimeout);
+            return;
+        }
+        if !self.sent.is_empty() && now >= self.pto_deadline() {
+            // Probe: resend the oldest unacknowledged packet's cells.
+            self.pto_count += 1;
+            let oldest: Vec<u64> = self.sent.keys().next().copied().into_iter().collect();
+            let mut newest_sent = None;
+            for pn in &oldest {
+                if let Some(s) = self.sent.remove(pn) {
+                    self.bytes_in_flight -= s.bytes;
+                    newest_sent = Some(s.time);
+                    self.retransmitted_cells += s.cells.len() as u64;
+                    for (seq, c) in s.cells.into_iter().rev() {
+                        self.queue.push_front((seq, c, true));
+                    }
+                }
+            }
+            let _ = newest_sent;
+            self.last_ack_eliciting = now;
+        }
+    }
+
+    /// Builds the next DATA datagram into `out`, if there is anything to
+    /// send now.
+    pub fn poll_transmit(&mut self, now: Time, out: &mut Vec<u8>) -> bool {
+        if matches!(self.ended, Some(Ended::IdleTimeout)) {
+            return false;
+        }
+        out.clear();
+        let limit = self.config.max_datagram - TAG_LEN;
+        out.push(DATA);
+        out.extend_from_slice(&self.next_pn.to_be_bytes());
+        let ack_due = self.ack_pending >= 2
+            || self.ack_deadline.is_some_and(|d| d <= now)
+            || self.window_dirty;
+        let mut cells = Vec::new();
+        let mut eliciting = false;
+        let paced = now >= self.pacing_next;
+        let window_open = self.bytes_in_flight + self.config.max_datagram <= self.cc.window();
+        if paced && window_open && self.ended.is_none() {
+            while out.len() + CELL_FRAME_LEN + 16 * 2 + 14 <= limit {
+                let Some((_, _, retransmit)) = self.queue.front() else {
+                    break;
+                };
+                let first_send = !*retransmit;
+                if first_send && self.first_sends >= self.peer_max_cells {
+                    break;
+                }
+                let Some((seq, cell, _)) = self.queue.pop_front() else {
+                    break;
+                };
+                out.push(FRAME_CELL);
+                out.extend_from_slice(&seq.to_be_bytes());
+                out.extend_from_slice(cell.as_bytes());
+                if first_send {
+                    self.first_sends += 1;
+                    self.first_sent_since += 1;
+                }
+                cells.push((seq, cell));
+            }
+        }
+        eliciting |= !cells.is_empty();
+        // Keepalive, or the close once everything is acknowledged.
+        if self.close_requested
+            && !self.close_sent
+            && self.queue.is_empty()
+            && self.sent.is_empty()
+            && self.ended.is_none()
+        {
+            out.push(FRAME_CLOSE);
+            self.close_sent = true;
+            eliciting = true;
+        } else if !eliciting && now.since(self.last_send) >= self.config.keepalive {
+            out.push(FRAME_PING);
+            eliciting = true;
+        } else if !eliciting
+            && !self.sent.is_empty()
+            && self.pto_count > 0
+            && now.since(self.last_send) >= self.rtt.pto()
+        {
+            out.push(FRAME_PING);
+            eliciting = true;
+        }
+        let want_ack =
+            !self.received.is_empty() && (ack_due || (eliciting && self.ack_pending > 0));
+        if !eliciting && !want_ack {
+            return false;
+        }
+        if want_ack {
+            let ack = Ack {
+                delay_us: (now.since(self.largest_recv_time) / 1000).min(u64::from(u32::MAX))
+                    as u32,
+                max_cells: self.delivered + self.config.recv_window_cells,
+                ranges: self.received.iter().copied().take(MAX_ACK_RANGES).collect(),
+            };
+            let room = limit.saturating_sub(out.len());
+            let mut ack = ack;
+            while ack.len() > room && !ack.ranges.is_empty() {
+                ack.ranges.pop();
+            }
+            ack.write(out);
+            self.ack_pending = 0;
+            self.ack_deadline = None;
+            self.window_dirty = false;
+        }
+        let pn = self.next_pn;
+        self.next_pn += 1;
+        let mut body = out.split_off(DATA_HEADER);
+        if self
+            .seal
+            .seal_with_aad(pn, &out[..DATA_HEADER], &mut body)
+            .is_err()
+        {
+            return false;
+        }
+        out.extend_from_slice(&body);
+        self.last_send = now;
+        if eliciting {
+            let bytes = out.len();
+            self.bytes_in_flight += bytes;
+            self.last_ack_eliciting = now;
+            if !cells.is_empty() {
+                let interval = self.cc.pacing_interval(bytes, &self.rtt);
+                let floor = Time(now.nanos().saturating_sub(interval * PACING_BURST));
+                self.pacing_next = self.pacing_next.max(floor).plus_nanos(interval);
+            }
+            self.sent.insert(
+                pn,
+                Sent {
+                    time: now,
+                    bytes,
+                    cells,
+                },
+            );
+        }
+        true
+    }
+
+    /// Cells sent for the first time since the last call (the driver turns
+    /// them into room for the node to queue more).
+    pub fn take_first_sent(&mut self) -> u64 {
+        std::mem::take(&mut self.first_sent_since)
+    }
+
+    /// Whether everything sent was acknowledged and nothing waits.
+    pub fn is_idle(&self) -> bool {
+        self.sent.is_empty() && self.queue.is_empty()
+    }
+
+    /// Bytes in flight (for tests and stats).
+    pub fn in_flight(&self) -> usize {
+        self.bytes_in_flight
+    }
+
+    /// Whether the close has been sent and acknowledged.
+    pub fn close_done(&self) -> bool {
+        self.close_sent && self.sent.is_empty()
+    }
+
+    /// When the handshake echo was last sent.
+    pub fn rtt_anchor(&self) -> Time {
+        self.echo_at
+    }
+
+    /// Records a handshake echo.
+    pub fn touch_echo(&mut self, now: Time) {
+        self.echo_at = now;
+    }
+
+    /// Whether the handshake's last message should be resent.
+    pub fn needs_handshake_echo(&self) -> bool {
+        self.handshake_echo.is_some() && !self.heard_data
+    }
+}

@@ -1,0 +1,451 @@
+//! The sans-IO udt endpoint: one UDP socket's worth of connections, keyed by
+//! peer address, plus their handshakes.
+//!
+//! Handshake: `HS_INIT` (Noise message 1, optionally with a cookie),
+//! `HS_RESP` (message 2, with the responder's certified identity), `HS_FIN`
+//! (message 3). Both sides resend their last message until the next one
+//! arrives. When more than `max_half_open` handshakes are pending, an
+//! `HS_INIT` without a valid cookie gets only a stateless `COOKIE` answer
+//! (an HMAC of the sender's address and the current 10-second epoch), so a
+//! flood of spoofed handshakes costs the responder no state and no
+//! Diffie-Hellman (WireGuard's defence).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use relay_kernel::{NodeId, Time};
+use relay_link::{Initiator, LinkError, Responder, StaticKey};
+use ring::hmac;
+
+use crate::conn::{Conn, ConnConfig, Ended};
+use crate::packet::*;
+
+/// Endpoint tunables.
+#[derive(Clone, Copy, Debug)]
+pub struct EndpointConfig {
+    /// Per-connection settings.
+    pub conn: ConnConfig,
+    /// Give up a handshake after this long (ns).
+    pub handshake_timeout: u64,
+    /// Resend handshake messages this often (ns).
+    pub handshake_retry: u64,
+    /// Require cookies beyond this many pending handshakes.
+    pub max_half_open: usize,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        EndpointConfig {
+            conn: ConnConfig::default(),
+            handshake_timeout: 10_000_000_000,
+            handshake_retry: 300_000_000,
+            max_half_open: 64,
+        }
+    }
+}
+
+/// What the endpoint reports.
+#[derive(Debug)]
+pub enum EndpointEvent {
+    /// A connection is established.
+    Connected {
+        /// Peer address.
+        addr: SocketAddr,
+        /// Authenticated peer.
+        peer: NodeId,
+        /// Whether we dialled.
+        initiator: bool,
+    },
+    /// A dial failed.
+    ConnectFailed {
+        /// Peer address.
+        addr: SocketAddr,
+        /// Why.
+        error: LinkError,
+    },
+    /// A connection ended.
+    Closed {
+        /// Peer address.
+        addr: SocketAddr,
+        /// How.
+        reason: Ended,
+    },
+}
+
+enum Pending {
+    Dialing {
+        init: Initiator,
+        msg1: Vec<u8>,
+        cookie: Vec<u8>,
+        started: Time,
+        last_sent: Time,
+    },
+    Answering {
+        resp: Responder,
+        msg2: Vec<u8>,
+        started: Time,
+    },
+}
+
+/// The endpoint.
+pub struct Endpoint {
+    key: StaticKey,
+    config: EndpointConfig,
+    pending: crate::FastMap<SocketAddr, Pending>,
+    conns: crate::FastMap<SocketAddr, Conn>,
+    order: Vec<SocketAddr>,
+    rr: usize,
+    events: VecDeque<EndpointEvent>,
+    outbox: VecDeque<(SocketAddr, Vec<u8>)>,
+    cookie_key: hmac::Key,
+    seed: u64,
+    /// Datagrams dropped as malformed or unauthenticated.
+    pub dropped: u64,
+}
+
+const COOKIE_LEN: usize = 16;
+const COOKIE_EPOCH: u64 = 10_000_000_000;
+
+impl Endpoint {
+    /// An endpoint with this node's static key; `secret` seeds cookies and
+    /// hash tables (from the caller's RNG).
+    pub fn new(key: StaticKey, config: EndpointConfig, secret: [u8; 32]) -> Endpoint {
+        let seed = u64::from_le_bytes([
+            secret[0], secret[1], secret[2], secret[3], secret[4], secret[5], secret[6], secret[7],
+        ]);
+        Endpoint {
+            key,
+            config,
+            pending: crate::fast_map(seed),
+            conns: crate::fast_map(seed ^ 1),
+            order: Vec::new(),
+            rr: 0,
+            events: VecDeque::new(),
+            outbox: VecDeque::new(),
+            cookie_key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
+            seed,
+            dropped: 0,
+        }
+    }
+
+    /// Dials `addr`, expecting node `expected`.
+    pub fn connect(
+        &mut self,
+        now: Time,
+        addr: SocketAddr,
+        expected: NodeId,
+    ) -> Result<(), LinkError> {
+        // One connection per address pair (packets carry no connection id).
+        if let Some(c) = self.conns.get(&addr) {
+            return Err(if c.peer == expected {
+                LinkError::Handshake("already connected to that address")
+            } else {
+                LinkError::WrongPeer {
+                    expected,
+                    got: c.peer,
+                }
+            });
+        }
+        if self.pending.contains_key(&addr) {
+            return Err(LinkError::Handshake("already connecting to that address"));
+        }
+        let (init, msg1) = Initiator::start(&self.key, expected)?;
+        let dg = init_datagram(&[], &msg1);
+        self.outbox.push_back((addr, dg));
+        self.pending.insert(
+            addr,
+            Pending::Dialing {
+                init,
+                msg1,
+                cookie: Vec::new(),
+                started: now,
+                last_sent: now,
+            },
+        );
+        Ok(())
+    }
+
+    fn cookie_for(&self, now: Time, addr: &SocketAddr, epoch_back: u64) -> [u8; COOKIE_LEN] {
+        let epoch = (now.nanos() / COOKIE_EPOCH).saturating_sub(epoch_back);
+        let tag = hmac::sign(&self.cookie_key, format!("{addr}/{epoch}").as_bytes());
+        let mut c = [0u8; COOKIE_LEN];
+        c.copy_from_slice(&tag.as_ref()[..COOKIE_LEN]);
+        c
+    }
+
+    /// Handles one received datagram. Never fails: bad datagrams are dropped.
+    pub fn handle_datagram(&mut self, now: Time, from: SocketAddr, data: &mut [u8]) {
+        let Some(&ty) = data.first() else {
+            self.dropped += 1;
+            return;
+        };
+        match ty {
+            DATA => match self.conns.get_mut(&from) {
+                Some(c) => c.handle_data(now, data),
+                None => self.dropped += 1,
+            },
+            HS_INIT => self.on_init(now, from, &data[1..]),
+            HS_RESP => self.on_resp(now, from, &data[1..]),
+            HS_FIN => self.on_fin(now, from, &data[1..]),
+            COOKIE => {
+                if let Some(Pending::Dialing {
+                    cookie,
+                    msg1,
+                    last_sent,
+                    ..
+                }) = self.pending.get_mut(&from)
+                {
+                    if data.len() == 1 + COOKIE_LEN {
+                        *cookie = data[1..].to_vec();
+                        *last_sent = now;
+                        let dg = init_datagram(cookie, msg1);
+                        self.outbox.push_back((from, dg));
+                    }
+                }
+            }
+            _ => self.dropped += 1,
+        }
+    }
+
+    fn on_init(&mut self, now: Time, from: SocketAddr, body: &[u8]) {
+        if self.conns.contains_key(&from) {
+            return;
+        }
+        if let Some(Pending::Answering { msg2, .. }) = self.pending.get(&from) {
+            let dg = [&[HS_RESP][..], msg2].concat();
+            self.outbox.push_back((from, dg));
+            return;
+        }
+        let Some((&clen, rest)) = body.split_first() else {
+            self.dropped += 1;
+            return;
+        };
+        let clen = usize::from(clen);
+        if rest.len() < clen {
+            self.dropped += 1;
+            return;
+        }
+        let (cookie, msg1) = rest.split_at(clen);
+        if self.pending.len() >= self.config.max_half_open {
+            let valid = (0..2).any(|back| cookie == self.cookie_for(now, &from, back));
+            if !valid {
+                let mut dg = vec![COOKIE];
+                dg.extend_from_slice(&self.cookie_for(now, &from, 0));
+                self.outbox.push_back((from, dg));
+                return;
+            }
+        }
+        match Responder::respond(&self.key, msg1) {
+            Ok((resp, msg2)) => {
+                let dg = [&[HS_RESP][..], &msg2].concat();
+                self.outbox.push_back((from, dg));
+                self.pending.insert(
+                    from,
+                    Pending::Answering {
+                        resp,
+                        msg2,
+                        started: now,
+                    },
+                );
+            }
+            Err(_) => self.dropped += 1,
+        }
+    }
+
+    fn on_resp(&mut self, now: Time, from: SocketAddr, msg2: &[u8]) {
+        if let Some(c) = self.conns.get(&from) {
+            // Our message 3 was lost: send it again.
+            if let Some(fin) = &c.handshake_echo {
+                self.outbox.push_back((from, fin.clone()));
+            }
+            return;
+        }
+        if !matches!(self.pending.get(&from), Some(Pending::Dialing { .. })) {
+            self.dropped += 1;
+            return;
+        }
+        let Some(Pending::Dialing { init, started, .. }) = self.pending.remove(&from) else {
+            return;
+        };
+        match init.finish(msg2) {
+            Ok((msg3, session)) => {
+                let fin = [&[HS_FIN][..], &msg3].concat();
+                self.outbox.push_back((from, fin.clone()));
+                let mut conn = Conn::new(
+                    session,
+                    true,
+                    self.config.conn,
+                    now,
+                    self.seed ^ now.nanos(),
+                );
+                conn.rtt.sample(now.since(started));
+                conn.handshake_echo = Some(fin);
+                self.add_conn(from, conn);
+            }
+            Err(error) => self
+                .events
+                .push_back(EndpointEvent::ConnectFailed { addr: from, error }),
+        }
+    }
+
+    fn on_fin(&mut self, now: Time, from: SocketAddr, msg3: &[u8]) {
+        if !matches!(self.pending.get(&from), Some(Pending::Answering { .. })) {
+            self.dropped += 1;
+            return;
+        }
+        let Some(Pending::Answering { resp, started, .. }) = self.pending.remove(&from) else {
+            return;
+        };
+        match resp.finish(msg3) {
+            Ok(session) => {
+                let mut conn = Conn::new(
+                    session,
+                    false,
+                    self.config.conn,
+                    now,
+                    self.seed ^ now.nanos(),
+                );
+                conn.rtt.sample(now.since(started));
+                self.add_conn(from, conn);
+            }
+            Err(_) => self.dropped += 1,
+        }
+    }
+
+    fn add_conn(&mut self, addr: SocketAddr, conn: Conn) {
+        self.events.push_back(EndpointEvent::Connected {
+            addr,
+            peer: conn.peer,
+            initiator: conn.initiator,
+        });
+        self.conns.insert(addr, conn);
+        self.order.push(addr);
+    }
+
+    /// The connection to `addr`.
+    pub fn conn(&mut self, addr: &SocketAddr) -> Option<&mut Conn> {
+        self.conns.get_mut(addr)
+    }
+
+    /// Addresses of established connections.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.order
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<EndpointEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next datagram to send, written into `out`; returns its
+    /// destination. Connections take turns.
+    pub fn poll_transmit(&mut self, now: Time, out: &mut Vec<u8>) -> Option<SocketAddr> {
+        if let Some((addr, dg)) = self.outbox.pop_front() {
+            out.clear();
+            out.extend_from_slice(&dg);
+            return Some(addr);
+        }
+        let n = self.order.len();
+        for i in 0..n {
+            let addr = self.order[(self.rr + i) % n];
+            if let Some(c) = self.conns.get_mut(&addr) {
+                if c.poll_transmit(now, out) {
+                    self.rr = (self.rr + i + 1) % n;
+                    return Some(addr);
+                }
+            }
+        }
+        None
+    }
+
+    /// When `handle_timeout` should next run.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let conns = self.conns.values().map(|c| c.timeout());
+        let pending = self.pending.values().map(|p| match p {
+            Pending::Dialing { last_sent, .. } => last_sent.plus_nanos(self.config.handshake_retry),
+            Pending::Answering { started, .. } => started.plus_nanos(self.config.handshake_timeout),
+        });
+        conns.chain(pending).min()
+    }
+
+    /// Runs timers: handshake resends and expiry, connection timers, ends.
+    pub fn handle_timeout(&mut self, now: Time) {
+        let retry = self.config.handshake_retry;
+        let limit = self.config.handshake_timeout;
+        let mut failed = Vec::new();
+        for (addr, p) in self.pending.iter_mut() {
+            match p {
+                Pending::Dialing {
+                    msg1,
+                    cookie,
+                    started,
+                    last_sent,
+                    ..
+                } => {
+                    if now.since(*started) >= limit {
+                        failed.push((*addr, true));
+                    } else if now.since(*last_sent) >= retry {
+                        *last_sent = now;
+                        self.outbox.push_back((*addr, init_datagram(cookie, msg1)));
+                    }
+                }
+                Pending::Answering { started, .. } => {
+                    if now.since(*started) >= limit {
+                        failed.push((*addr, false));
+                    }
+                }
+            }
+        }
+        for (addr, dialing) in failed {
+            self.pending.remove(&addr);
+            if dialing {
+                self.events.push_back(EndpointEvent::ConnectFailed {
+                    addr,
+                    error: LinkError::HandshakeTimeout,
+                });
+            }
+        }
+        let mut ended = Vec::new();
+        for (addr, c) in self.conns.iter_mut() {
+            c.handle_timeout(now);
+            if c.needs_handshake_echo() && now.since(c.rtt_anchor()) >= retry {
+                if let Some(fin) = &c.handshake_echo {
+                    self.outbox.push_back((*addr, fin.clone()));
+                }
+                c.touch_echo(now);
+            }
+            if let Some(e) = c.ended() {
+                if *e != Ended::Peer || c.ready_len() == 0 {
+                    ended.push((*addr, e.clone()));
+                }
+            } else if c.close_done() {
+                ended.push((*addr, Ended::Local));
+            }
+        }
+        for (addr, reason) in ended {
+            self.remove(addr, reason);
+        }
+    }
+
+    /// Forgets a connection and reports it.
+    pub fn remove(&mut self, addr: SocketAddr, reason: Ended) {
+        if self.conns.remove(&addr).is_some() {
+            self.order.retain(|a| *a != addr);
+            self.rr = 0;
+            self.events
+                .push_back(EndpointEvent::Closed { addr, reason });
+        }
+    }
+
+    /// Number of handshakes in progress.
+    pub fn half_open(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+fn init_datagram(cookie: &[u8], msg1: &[u8]) -> Vec<u8> {
+    let mut dg = vec![HS_INIT, cookie.len() as u8];
+    dg.extend_from_slice(cookie);
+    dg.extend_from_slice(msg1);
+    dg
+}
