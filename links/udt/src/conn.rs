@@ -483,14 +483,13 @@ impl Conn {
             out.push(FRAME_CLOSE);
             self.close_sent = true;
             eliciting = true;
-        } else if !eliciting && now.since(self.last_send) >= self.config.keepalive {
-            out.push(FRAME_PING);
-            eliciting = true;
         } else if !eliciting
-            && !self.sent.is_empty()
-            && self.pto_count > 0
-            && now.since(self.last_send) >= self.rtt.pto()
+            && (now.since(self.last_send) >= self.config.keepalive
+                || (!self.sent.is_empty()
+                    && self.pto_count > 0
+                    && now.since(self.last_send) >= self.rtt.pto()))
         {
+            // Keepalive, or a probe while acknowledgements are missing.
             out.push(FRAME_PING);
             eliciting = true;
         }
