@@ -108,13 +108,16 @@ fn no_tls12() -> rustls::Error {
     rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered)
 }
 
+/// Where a dial's verifier records the id the peer proved.
+pub(crate) type Proved = Arc<Mutex<Option<NodeId>>>;
+
 /// The dialler's check of the listener: its certificate must carry an
 /// Ed25519 key whose hash is the node id we dialled.
 #[derive(Debug)]
 pub(crate) struct ExpectPeer {
     expected: NodeId,
     /// The id the peer proved (set once its signature checks out).
-    pub(crate) proved: Arc<Mutex<Option<NodeId>>>,
+    pub(crate) proved: Proved,
     algs: WebPkiSupportedAlgorithms,
 }
 

@@ -9,9 +9,9 @@
 //! the Noise handshake the other link kinds use (QUIC cannot run without
 //! TLS, and two handshakes would only cost a round trip): each node's
 //! certificate is self-signed with its Ed25519 identity key, and both ends
-//! check the key's hash is the peer's node id ([`cert`]). The stream layout
-//! and the graceful close are in [`link`]; [`Transport::crash`] works by
-//! switching the UDP socket off ([`socket`]).
+//! check the key's hash is the peer's node id (module `cert`). The stream
+//! layout and the graceful close are in module `link`; [`Transport::crash`]
+//! works by switching the UDP socket off (module `socket`).
 //!
 //! Listening and dialling share one quinn endpoint (one UDP port).
 
@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::timeout;
 
-use crate::cert::{AnyNode, ExpectPeer, NodeCert};
+use crate::cert::{AnyNode, ExpectPeer, NodeCert, Proved};
 use crate::socket::KillableSocket;
 
 /// Application protocol name, so a QUIC peer of another kind is refused.
@@ -48,6 +48,10 @@ const SERVER_NAME: &str = "relay";
 const STREAM_WINDOW: u32 = 4 << 20;
 /// Receive window for all streams of a connection together.
 const CONNECTION_WINDOW: u32 = 32 << 20;
+/// Bytes sent but not yet acknowledged, for the whole connection: enough
+/// for a gigabit at 60 ms, while bounding what queues inside the link
+/// (beyond the node's per-circuit scheduling).
+const SEND_WINDOW: u64 = 8 << 20;
 /// Streams (circuits) the peer may have open at once. quinn keeps a table
 /// entry per allowed stream, so this is generous but not unbounded.
 const MAX_STREAMS: u32 = 4096;
@@ -122,10 +126,7 @@ impl QuicTransport {
 
     /// A client config that accepts only `expected`; `proved` learns the id
     /// the peer proved.
-    fn client_config(
-        &self,
-        expected: NodeId,
-    ) -> Result<(quinn::ClientConfig, Arc<Mutex<Option<NodeId>>>), LinkError> {
+    fn client_config(&self, expected: NodeId) -> Result<(quinn::ClientConfig, Proved), LinkError> {
         let verifier = ExpectPeer::new(expected, &self.provider);
         let proved = verifier.proved.clone();
         let mut tls = rustls::ClientConfig::builder_with_provider(self.provider.clone())
@@ -157,7 +158,7 @@ fn transport_config(config: &LinkConfig) -> Result<TransportConfig, LinkError> {
         .max_concurrent_uni_streams(VarInt::from_u32(MAX_STREAMS))
         .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
         .receive_window(VarInt::from_u32(CONNECTION_WINDOW))
-        .send_window(u64::from(CONNECTION_WINDOW))
+        .send_window(SEND_WINDOW)
         .datagram_receive_buffer_size(None);
     Ok(t)
 }

@@ -14,19 +14,21 @@
 //! - `FIN`: "I have sent everything and finished all my cell streams". It is
 //!   opened after every cell stream, and QUIC hands streams to the receiver
 //!   in the order they were opened, so once it arrives the receiver knows
-//!   the set of cell streams is complete; it reads them to their ends,
-//!   reports the close ([`CloseReason::Peer`]) and closes the connection.
-//! - `DRAINED`: "I have read all you sent". Only needed when both ends close
-//!   at once: neither may then close the connection (which discards data in
-//!   flight) before the other has read everything, so each drains, says so,
-//!   and the connection is closed once both have.
+//!   the set of cell streams is complete; it reads them to their ends, then
+//!   reports the end to its node ([`CloseReason::Peer`]).
+//! - `DRAINED`: "I have read all you sent", the answer to a `FIN`.
+//!
+//! A close is a half-close, as on the `tcp` link: the end that did not close
+//! may still send until its node closes too (which it does once it sees the
+//! end), and the closing end still delivers those cells. Closing the QUIC
+//! connection discards whatever is in flight, so it waits until both ends
+//! have sent `FIN` and both have said `DRAINED`; either end then closes it.
+//! A peer that never closes its end is given [`CLOSE_LINGER`].
 //!
 //! Keepalives and the idle timeout are QUIC's own (see the transport
 //! config); a peer that vanishes shows up as a connection timeout.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -41,7 +43,8 @@ use tokio::task::JoinSet;
 const KIND_CELLS: u8 = 0;
 /// First (and only) byte of the stream announcing a graceful close.
 const KIND_FIN: u8 = 1;
-/// First (and only) byte of the stream confirming we read all the peer sent.
+/// First (and only) byte of the stream confirming we read all the peer sent
+/// before its FIN.
 const KIND_DRAINED: u8 = 2;
 
 /// Connection close codes.
@@ -59,7 +62,7 @@ pub(crate) mod code {
 
 /// Cells the writer takes from the node before writing them out.
 const BATCH_CELLS: usize = 128;
-/// Bytes asked of a stream per read.
+/// Most bytes taken from a stream per read.
 const READ_CHUNK: usize = 64 * CELL_LEN;
 /// How long a closing link waits for the peer to read everything.
 const CLOSE_LINGER: Duration = Duration::from_secs(60);
@@ -88,16 +91,14 @@ pub(crate) fn spawn(conn: Connection, io: LinkIo) -> [tokio::task::JoinHandle<()
         incoming,
         closed,
     } = io;
-    let closing = Arc::new(AtomicBool::new(false));
     let (destroyed_tx, destroyed_rx) = mpsc::unbounded_channel();
     let r = tokio::spawn(receiver(
         conn.clone(),
         incoming,
         closed.clone(),
-        closing.clone(),
         destroyed_tx,
     ));
-    let w = tokio::spawn(writer(conn, outgoing, closed, closing, destroyed_rx));
+    let w = tokio::spawn(writer(conn, outgoing, closed, destroyed_rx));
     [r, w]
 }
 
@@ -121,7 +122,6 @@ async fn writer(
     conn: Connection,
     mut outgoing: mpsc::Receiver<Outgoing>,
     closed: CloseCell,
-    closing: Arc<AtomicBool>,
     mut destroyed: mpsc::UnboundedReceiver<u32>,
 ) {
     let mut streams: HashMap<u32, SendStream> = HashMap::new();
@@ -130,10 +130,7 @@ async fn writer(
         let first = tokio::select! {
             biased;
             Some(circ) = destroyed.recv() => {
-                // The peer destroyed the circuit: we will send no more on it.
-                if let Some(mut s) = streams.remove(&circ) {
-                    let _ = s.finish();
-                }
+                peer_destroyed(&mut streams, circ);
                 continue;
             }
             o = outgoing.recv() => o,
@@ -178,15 +175,23 @@ async fn writer(
             }
         }
         for g in groups.drain(..) {
-            if let Err(e) = write_group(&conn, &mut streams, g).await {
+            if let Err(e) = write_group(&conn, &mut streams, &mut destroyed, g).await {
                 fail(&conn, &closed, e);
                 return;
             }
         }
         if close {
-            close_gracefully(&conn, &closed, &closing, streams).await;
+            close_gracefully(&conn, &closed, streams).await;
             return;
         }
+    }
+}
+
+/// Finishes the stream of a circuit the peer destroyed: we will send no
+/// more on it, and its slot in the peer's stream limit comes back.
+fn peer_destroyed(streams: &mut HashMap<u32, SendStream>, circ: u32) {
+    if let Some(mut s) = streams.remove(&circ) {
+        let _ = s.finish();
     }
 }
 
@@ -194,18 +199,29 @@ async fn writer(
 async fn write_group(
     conn: &Connection,
     streams: &mut HashMap<u32, SendStream>,
+    destroyed: &mut mpsc::UnboundedReceiver<u32>,
     g: Group,
 ) -> Result<(), String> {
-    let s = match streams.entry(g.circ) {
-        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-        std::collections::hash_map::Entry::Vacant(v) => {
-            let mut s = conn.open_uni().await.map_err(|e| e.to_string())?;
-            s.write_all(&[KIND_CELLS])
-                .await
-                .map_err(|e| e.to_string())?;
-            v.insert(s)
-        }
-    };
+    if !streams.contains_key(&g.circ) {
+        // At the peer's stream limit this waits for a stream to close, which
+        // may be one of ours the peer destroyed: keep finishing those.
+        let open = conn.open_uni();
+        tokio::pin!(open);
+        let mut s = loop {
+            tokio::select! {
+                biased;
+                Some(circ) = destroyed.recv() => peer_destroyed(streams, circ),
+                s = &mut open => break s.map_err(|e| e.to_string())?,
+            }
+        };
+        s.write_all(&[KIND_CELLS])
+            .await
+            .map_err(|e| e.to_string())?;
+        streams.insert(g.circ, s);
+    }
+    let s = streams
+        .get_mut(&g.circ)
+        .ok_or_else(|| String::from("stream vanished"))?;
     s.write_chunk(g.bytes.freeze())
         .await
         .map_err(|e| e.to_string())?;
@@ -231,10 +247,8 @@ fn fail(conn: &Connection, closed: &CloseCell, e: String) {
 async fn close_gracefully(
     conn: &Connection,
     closed: &CloseCell,
-    closing: &AtomicBool,
     streams: HashMap<u32, SendStream>,
 ) {
-    closing.store(true, Ordering::SeqCst);
     for (_, mut s) in streams {
         let _ = s.finish();
     }
@@ -243,8 +257,9 @@ async fn close_gracefully(
     if send_control(conn, KIND_FIN).await.is_err() {
         return;
     }
-    // Our handle keeps the connection open until the peer has read it all
-    // (dropping every handle would close it at once, discarding data).
+    // The connection stays open until both ends have closed and read
+    // everything (see the module docs); this bounds the wait for a peer
+    // that never closes its end.
     if tokio::time::timeout(CLOSE_LINGER, conn.closed())
         .await
         .is_err()
@@ -266,7 +281,6 @@ async fn receiver(
     conn: Connection,
     incoming: mpsc::Sender<Cell>,
     closed: CloseCell,
-    closing: Arc<AtomicBool>,
     destroyed: mpsc::UnboundedSender<u32>,
 ) {
     let mut incoming = Some(incoming);
@@ -303,17 +317,12 @@ async fn receiver(
             drained = true;
             closed.set(CloseReason::Peer);
             incoming = None;
-            if !closing.load(Ordering::SeqCst) {
-                conn.close(code::DONE, b"");
-                break CloseReason::Peer;
-            }
-            // We are closing too: our data may still be in flight, so the
-            // connection stays up until the peer has read it.
             if let Err(e) = send_control(&conn, KIND_DRAINED).await {
                 break CloseReason::Error(e);
             }
         }
         if drained && got_drained {
+            // Both directions are closed and read: nothing is in flight.
             conn.close(code::DONE, b"");
             break CloseReason::Peer;
         }
@@ -321,6 +330,27 @@ async fn receiver(
     closed.set(reason);
     // Readers still running hold senders; stop them so the node sees the end.
     readers.abort_all();
+}
+
+/// Where a stream reader's cells go.
+struct Delivery {
+    /// The node, until it stops listening.
+    incoming: Option<mpsc::Sender<Cell>>,
+    /// The writer, told of circuits the peer destroyed.
+    destroyed: mpsc::UnboundedSender<u32>,
+}
+
+impl Delivery {
+    async fn deliver(&mut self, cell: Cell) {
+        if cell.raw_command() == CellCommand::Destroy as u8 {
+            let _ = self.destroyed.send(cell.raw_circ_id());
+        }
+        if let Some(tx) = &self.incoming {
+            if tx.send(cell).await.is_err() {
+                self.incoming = None;
+            }
+        }
+    }
 }
 
 /// Reads one stream to its end. Cells go to the node (or nowhere once the
@@ -345,34 +375,37 @@ async fn read_stream(
         }
         _ => return Err("unknown stream kind".into()),
     }
-    let mut incoming = incoming;
-    let mut buf = BytesMut::new();
-    loop {
-        // Read whatever has arrived, up to READ_CHUNK, behind any partial
-        // cell left from the last read. Cells are split off this buffer
-        // without copying.
-        let have = buf.len();
-        buf.resize(have + READ_CHUNK, 0);
-        match s.read(&mut buf[have..]).await.map_err(|e| e.to_string())? {
-            Some(n) => buf.truncate(have + n),
-            None => {
-                buf.truncate(have);
-                break;
+    let mut out = Delivery {
+        incoming,
+        destroyed,
+    };
+    // Each cell gets its own exact buffer (the node keeps cells in queues,
+    // so they must not pin larger ones), and nothing is allocated for a
+    // stream until data arrives: an idle circuit costs only its stream.
+    let mut partial = BytesMut::new();
+    while let Some(chunk) = s
+        .read_chunk(READ_CHUNK, true)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        let mut data = &chunk.bytes[..];
+        if !partial.is_empty() {
+            let take = (CELL_LEN - partial.len()).min(data.len());
+            partial.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if partial.len() == CELL_LEN {
+                let cell = Cell::from_bytes(partial.split()).map_err(|e| e.to_string())?;
+                out.deliver(cell).await;
             }
         }
-        while buf.len() >= CELL_LEN {
-            let cell = Cell::from_bytes(buf.split_to(CELL_LEN)).map_err(|e| e.to_string())?;
-            if cell.raw_command() == CellCommand::Destroy as u8 {
-                let _ = destroyed.send(cell.raw_circ_id());
-            }
-            if let Some(tx) = &incoming {
-                if tx.send(cell).await.is_err() {
-                    incoming = None;
-                }
-            }
+        while let Some((bytes, rest)) = data.split_at_checked(CELL_LEN) {
+            data = rest;
+            let cell = Cell::from_slice(bytes).map_err(|e| e.to_string())?;
+            out.deliver(cell).await;
         }
+        partial.extend_from_slice(data);
     }
-    if !buf.is_empty() {
+    if !partial.is_empty() {
         return Err("stream ended inside a cell".into());
     }
     Ok(Carried::Cells)

@@ -396,7 +396,13 @@ impl Conn {
             t = t.min(self.pto_deadline());
         }
         t = t.min(self.last_send.plus_nanos(self.config.keepalive));
-        if !self.queue.is_empty() && self.pacing_next > self.last_send {
+        // Pacing needs a timer only when it alone holds data back: with the
+        // window or the peer's cell window full, an ACK restarts sending.
+        let window_open = self.bytes_in_flight + self.config.max_datagram <= self.cc.window();
+        let flow_open = self.queue.front().is_some_and(|(_, _, retransmit)| {
+            *retransmit || self.first_sends < self.peer_max_cells
+        });
+        if window_open && flow_open && self.pacing_next > self.last_send {
             t = t.min(self.pacing_next);
         }
         t
@@ -557,6 +563,22 @@ impl Conn {
     /// Whether everything sent was acknowledged and nothing waits.
     pub fn is_idle(&self) -> bool {
         self.sent.is_empty() && self.queue.is_empty()
+    }
+
+    /// Cells held on the receive side: ready for the node plus waiting for
+    /// an earlier cell of their circuit.
+    pub fn buffered_cells(&self) -> usize {
+        self.ready.len()
+            + self
+                .circ_in
+                .values()
+                .map(|c| c.waiting.len())
+                .sum::<usize>()
+    }
+
+    /// Cells waiting to be sent or resent.
+    pub fn queued_cells(&self) -> usize {
+        self.queue.len()
     }
 
     /// Bytes in flight (for tests and stats).
