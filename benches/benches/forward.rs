@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use criterion::{black_box, criterion_group, Criterion};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use relay_kernel::crypto::aead::{CellAead, DefaultAead};
@@ -189,5 +189,74 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// `RELAY_BENCH_PAIRED=<rounds>`: alternate short runs of the raw open and
+/// the node forward and report the median of the per-round ratios, so both
+/// sides of each ratio see the same machine state (this shared machine
+/// drifts by 1.6x over seconds; see docs/benchmarks.md).
+fn paired(rounds: usize) {
+    const RUN: usize = 64;
+    let aead = DefaultAead::new(&[9u8; 16]).unwrap();
+    let mut sealed = [0u8; BODY_LEN - 16];
+    let tag = aead.seal(0, &mut sealed).unwrap();
+    let mut rig = rig();
+    let mut cells: Vec<Cell> = Vec::new();
+    let mut out = Vec::with_capacity(RUN);
+    let mut ratios = Vec::with_capacity(rounds);
+    let (mut raw_total, mut fwd_total) = (0f64, 0f64);
+    for _ in 0..rounds {
+        if cells.len() < RUN {
+            // Keep the leftovers first: cells must reach the relay in order.
+            let mut more = client_cells(&mut rig);
+            more.reverse();
+            more.append(&mut cells);
+            cells = more;
+        }
+        let batch: Vec<Cell> = (0..RUN).filter_map(|_| cells.pop()).collect();
+        let now = rig.now;
+        let mut buf = sealed;
+        let t = Instant::now();
+        for _ in 0..RUN {
+            buf.copy_from_slice(&sealed);
+            black_box(aead.open(0, black_box(&mut buf), &tag)).unwrap();
+        }
+        let raw = t.elapsed().as_nanos() as f64 / RUN as f64;
+        let t = Instant::now();
+        for cell in batch {
+            rig.relay.handle_cell(now, LinkId(2), cell);
+            if let Some(o) = rig.relay.poll_transmit(LinkId(3)) {
+                out.push(o);
+            }
+        }
+        let fwd = t.elapsed().as_nanos() as f64 / RUN as f64;
+        assert_eq!(out.len(), RUN);
+        out.clear();
+        ratios.push(fwd / raw);
+        raw_total += raw;
+        fwd_total += fwd;
+    }
+    ratios.sort_by(|a, b| a.total_cmp(b));
+    let q = |f: f64| ratios[((ratios.len() - 1) as f64 * f) as usize];
+    println!(
+        "{rounds} paired rounds of {RUN}: raw open (incl. 493-byte copy) {:.0} ns, node forward {:.0} ns; ratio median {:.2} (IQR {:.2}-{:.2})",
+        raw_total / rounds as f64,
+        fwd_total / rounds as f64,
+        q(0.5),
+        q(0.25),
+        q(0.75)
+    );
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    match std::env::var("RELAY_BENCH_PAIRED")
+        .ok()
+        .and_then(|r| r.parse().ok())
+    {
+        Some(rounds) => paired(rounds),
+        None => {
+            benches();
+            Criterion::default().configure_from_args().final_summary();
+        }
+    }
+}

@@ -12,8 +12,8 @@ use aes::Aes128Enc;
 
 use super::aead::{nonce_for, KEY_LEN};
 
-/// Blocks needed to cover a cell body.
-const MAX_BLOCKS: usize = 33;
+/// Blocks encrypted per batch.
+const CHUNK_BLOCKS: usize = 8;
 
 /// An AES-128 encryption key schedule used as a keystream generator.
 #[derive(Clone)]
@@ -26,25 +26,45 @@ impl Keystream {
     }
 
     /// XORs into `data` the GCM keystream for `counter`, starting at byte
-    /// `offset` of the GCM plaintext. `offset + data.len()` is at most 512.
+    /// `offset` of the GCM plaintext. Any offset and length (the 32-bit block counter wraps after 64 GiB).
     pub fn xor_at(&self, counter: u64, offset: usize, data: &mut [u8]) {
-        if data.is_empty() {
-            return;
-        }
-        let first = offset / 16;
-        let last = (offset + data.len()).div_ceil(16);
-        let count = (last - first).min(MAX_BLOCKS);
         let nonce = nonce_for(counter);
-        let mut blocks = [GenericArray::default(); MAX_BLOCKS];
-        for (j, block) in blocks.iter_mut().take(count).enumerate() {
-            block[..12].copy_from_slice(&nonce);
-            block[12..].copy_from_slice(&(2 + (first + j) as u32).to_be_bytes());
-        }
-        self.0.encrypt_blocks(&mut blocks[..count]);
-        let skip = offset % 16;
-        let stream = blocks[..count].iter().flat_map(|b| b.iter()).skip(skip);
-        for (d, k) in data.iter_mut().zip(stream) {
-            *d ^= k;
+        let mut block_index = offset / 16;
+        let mut skip = offset % 16;
+        let mut rest = data;
+        // Eight blocks at a time: AES-NI pipelines eight, and a small array
+        // keeps short calls (the filler's 16 to 112 bytes) cheap.
+        while !rest.is_empty() {
+            let want = (skip + rest.len()).div_ceil(16).min(CHUNK_BLOCKS);
+            let mut blocks = [GenericArray::default(); CHUNK_BLOCKS];
+            for (j, block) in blocks.iter_mut().take(want).enumerate() {
+                block[..12].copy_from_slice(&nonce);
+                block[12..].copy_from_slice(&(2 + (block_index + j) as u32).to_be_bytes());
+            }
+            self.0.encrypt_blocks(&mut blocks[..want]);
+            block_index += want;
+            for block in &blocks[..want] {
+                let ks = &block[skip..];
+                let n = ks.len().min(rest.len());
+                let (head, tail) = std::mem::take(&mut rest).split_at_mut(n);
+                if n == 16 {
+                    // Whole block: one 128-bit XOR (a byte-wise iterator
+                    // chain here cost 1.6 us per cell in the benches).
+                    let mut a = [0u8; 16];
+                    a.copy_from_slice(head);
+                    let mut b = [0u8; 16];
+                    b.copy_from_slice(ks);
+                    head.copy_from_slice(
+                        &(u128::from_ne_bytes(a) ^ u128::from_ne_bytes(b)).to_ne_bytes(),
+                    );
+                } else {
+                    for (d, k) in head.iter_mut().zip(ks) {
+                        *d ^= k;
+                    }
+                }
+                rest = tail;
+                skip = 0;
+            }
         }
     }
 

@@ -434,11 +434,6 @@ impl Node {
     /// circuit or is dropped.
     pub fn handle_cell(&mut self, now: Time, link: LinkId, cell: Cell) {
         self.out.stats.cells_in += 1;
-        if !self.out.links.contains_key(&link) {
-            self.out.stats.cells_dropped += 1;
-            self.out.pool.give(cell);
-            return;
-        }
         let (command, circ_id) = match (cell.command(), cell.circ_id()) {
             (Ok(CellCommand::Padding), _) => {
                 self.out.pool.give(cell);
@@ -461,8 +456,12 @@ impl Node {
             }
         };
         match self.circuits.lookup(link, circ_id) {
+            // Circuits exist only on known links, so only CREATE needs the
+            // link checked.
             None => match command {
-                CellCommand::Create => self.relay_on_create(now, link, circ_id, cell),
+                CellCommand::Create if self.out.links.contains_key(&link) => {
+                    self.relay_on_create(now, link, circ_id, cell)
+                }
                 _ => {
                     // DESTROY for a circuit we already closed, or junk.
                     self.out.stats.cells_dropped += 1;
