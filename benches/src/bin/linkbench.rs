@@ -139,11 +139,10 @@ async fn raw_udp(mb: u64) -> Row {
     });
     let mut buf = [0u8; 2048];
     let mut got = 0u64;
-    loop {
-        match tokio::time::timeout(Duration::from_millis(300), rx.recv_from(&mut buf)).await {
-            Ok(Ok((n, _))) => got += n as u64,
-            _ => break,
-        }
+    while let Ok(Ok((n, _))) =
+        tokio::time::timeout(Duration::from_millis(300), rx.recv_from(&mut buf)).await
+    {
+        got += n as u64;
     }
     w.await.unwrap();
     let wall = start.elapsed().saturating_sub(Duration::from_millis(300));
