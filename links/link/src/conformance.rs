@@ -234,3 +234,53 @@ pub async fn graceful_close(f: &Factory) {
     assert!(end.is_none());
     assert_eq!(lb.rx.close_reason(), Some(CloseReason::Peer));
 }
+
+/// Defines the conformance tests (`handshake`, `bulk_200_mb_both_ways`,
+/// `thousand_circuits`, `vanished_peer`, `garbage`, `graceful_close`) in
+/// the calling test file, for a transport type with an async
+/// `bind(addr, &Identity, LinkConfig) -> Result<T, LinkError>`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($transport:ty) => {
+        fn factory() -> $crate::conformance::Factory {
+            ::std::sync::Arc::new(|identity, config| {
+                ::std::boxed::Box::pin(async move {
+                    let addr = "127.0.0.1:0".parse().expect("address");
+                    let t = <$transport>::bind(addr, &identity, config).await?;
+                    Ok(::std::sync::Arc::new(t) as ::std::sync::Arc<dyn $crate::Transport>)
+                })
+            })
+        }
+
+        #[tokio::test]
+        async fn handshake() {
+            $crate::conformance::handshake(&factory()).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn bulk_200_mb_both_ways() {
+            $crate::conformance::bulk_both_ways(&factory(), 200_000_000).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn thousand_circuits() {
+            $crate::conformance::many_circuits(&factory(), 1000, 20).await;
+        }
+
+        #[tokio::test]
+        async fn vanished_peer() {
+            $crate::conformance::vanished_peer(&factory(), ::std::time::Duration::from_secs(3))
+                .await;
+        }
+
+        #[tokio::test]
+        async fn garbage() {
+            $crate::conformance::garbage(&factory()).await;
+        }
+
+        #[tokio::test]
+        async fn graceful_close() {
+            $crate::conformance::graceful_close(&factory()).await;
+        }
+    };
+}
