@@ -120,13 +120,10 @@ impl Node {
         hop: HopSpec,
     ) -> Result<(), NodeError> {
         let deadline = now.plus_nanos(self.config.build_timeout);
-        let c = self
+        let (c, o) = self
             .circuits
-            .get_mut(circ)
+            .origin_mut(circ)
             .ok_or(NodeError::NoSuchCircuit)?;
-        let Role::Origin(o) = &mut c.role else {
-            return Err(NodeError::NoSuchCircuit);
-        };
         if o.phase != Phase::Ready {
             return Err(NodeError::NotReady);
         }
@@ -136,20 +133,17 @@ impl Node {
         o.path.truncate(o.onion.len());
         o.path.push(hop);
         o.phase = Phase::Building;
-        c.deadline = Some(deadline);
+        *c.deadline = Some(deadline);
         self.origin_continue_build(now, circ);
         Ok(())
     }
 
     /// Asks the last hop to leave; [`Event::CircuitTruncated`] follows.
     pub fn truncate_circuit(&mut self, now: Time, circ: CircuitRef) -> Result<(), NodeError> {
-        let c = self
+        let (_, o) = self
             .circuits
-            .get_mut(circ)
+            .origin_mut(circ)
             .ok_or(NodeError::NoSuchCircuit)?;
-        let Role::Origin(o) = &mut c.role else {
-            return Err(NodeError::NoSuchCircuit);
-        };
         if o.phase != Phase::Ready || o.onion.len() < 2 {
             return Err(NodeError::NotReady);
         }
@@ -272,13 +266,10 @@ impl Node {
         circ: CircuitRef,
         body: &mut [u8],
     ) -> Result<([u8; 16], usize, usize), NodeError> {
-        let c = self
+        let (_, o) = self
             .circuits
-            .get_mut(circ)
+            .origin_mut(circ)
             .ok_or(NodeError::NoSuchCircuit)?;
-        let Role::Origin(o) = &mut c.role else {
-            return Err(NodeError::NoSuchCircuit);
-        };
         let n = o.onion.len();
         // A failed open leaves the body unspecified: keep the original.
         let mut copy = [0u8; BODY_LEN];
@@ -296,13 +287,10 @@ impl Node {
     }
 
     fn origin_on_created(&mut self, circ: CircuitRef, body: &[u8]) -> Result<(), NodeError> {
-        let c = self
+        let (_, o) = self
             .circuits
-            .get_mut(circ)
+            .origin_mut(circ)
             .ok_or(NodeError::NoSuchCircuit)?;
-        let Role::Origin(o) = &mut c.role else {
-            return Err(NodeError::NoSuchCircuit);
-        };
         if !o.onion.is_empty() {
             return Err(NodeError::NotReady);
         }
@@ -315,14 +303,11 @@ impl Node {
 
     /// EXTENDED from the last hop: add the new hop and go on.
     pub(super) fn origin_on_extended(&mut self, now: Time, circ: CircuitRef, body: &[u8]) {
-        let result = (|| {
-            let c = self
+        let result = (|| -> Result<(), NodeError> {
+            let (c, o) = self
                 .circuits
-                .get_mut(circ)
+                .origin_mut(circ)
                 .ok_or(NodeError::NoSuchCircuit)?;
-            let Role::Origin(o) = &mut c.role else {
-                return Err(NodeError::NoSuchCircuit);
-            };
             let hs = o.pending.take().ok_or(NodeError::NotReady)?;
             let len = usize::from(u16::from_be_bytes([
                 *body.first().ok_or(NodeError::NotReady)?,
@@ -331,7 +316,7 @@ impl Node {
             let reply = body.get(2..2 + len).ok_or(NodeError::NotReady)?;
             let keys = hs.finish(reply).map_err(|_| NodeError::NotReady)?;
             o.onion.push_hop(&keys)?;
-            if let Some(e) = &mut c.edge {
+            if let Some(e) = c.edge.as_mut() {
                 e.cc = Vegas::new(self.config.cc);
                 e.sendme = SendmeCounter::default();
             }
@@ -345,16 +330,13 @@ impl Node {
 
     /// Sends the next EXTEND, or declares the circuit ready.
     fn origin_continue_build(&mut self, now: Time, circ: CircuitRef) {
-        let Some(c) = self.circuits.get_mut(circ) else {
-            return;
-        };
-        let Role::Origin(o) = &mut c.role else {
+        let Some((c, o)) = self.circuits.origin_mut(circ) else {
             return;
         };
         let built = o.onion.len();
         let Some(hop) = o.path.get(built).cloned() else {
             o.phase = Phase::Ready;
-            c.deadline = None;
+            *c.deadline = None;
             self.out.events.push_back(Event::CircuitReady(circ));
             return;
         };
@@ -378,10 +360,7 @@ impl Node {
     /// TRUNCATED arrived from the hop before the last, as asked.
     fn origin_truncated(&mut self, now: Time, circ: CircuitRef) {
         let cc = self.config.cc;
-        let Some(c) = self.circuits.get_mut(circ) else {
-            return;
-        };
-        let Role::Origin(o) = &mut c.role else {
+        let Some((c, o)) = self.circuits.origin_mut(circ) else {
             return;
         };
         o.onion.pop_hop();
@@ -393,7 +372,7 @@ impl Node {
                 // Keep stream ids unique for the circuit's life, so a
                 // StreamRef the application still holds never names a new
                 // stream.
-                if let Some(e) = &mut c.edge {
+                if let Some(e) = c.edge.as_mut() {
                     e.continue_ids_from(&old);
                 }
                 old.stream_ids()

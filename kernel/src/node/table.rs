@@ -77,6 +77,12 @@ impl Circuit {
     }
 }
 
+/// Mutable circuit fields next to its origin state (see `origin_mut`).
+pub(crate) struct OriginFields<'a> {
+    pub deadline: &'a mut Option<Time>,
+    pub edge: &'a mut Option<Edge>,
+}
+
 struct Slot {
     generation: u32,
     circuit: Option<Circuit>,
@@ -197,6 +203,22 @@ impl CircuitTable {
             .collect();
         v.sort_by_key(|(r, _)| *r);
         v
+    }
+
+    /// A circuit this node built: its origin state and the circuit fields
+    /// the origin code changes alongside it.
+    pub fn origin_mut(&mut self, r: CircuitRef) -> Option<(OriginFields<'_>, &mut OriginState)> {
+        let c = self.get_mut(r)?;
+        match &mut c.role {
+            Role::Origin(o) => Some((
+                OriginFields {
+                    deadline: &mut c.deadline,
+                    edge: &mut c.edge,
+                },
+                o,
+            )),
+            Role::Relay(_) => None,
+        }
     }
 
     pub fn is_origin(&self, r: CircuitRef) -> bool {
