@@ -68,6 +68,64 @@ impl Keystream {
         }
     }
 
+    /// Keystream bytes `offset..offset + len` for `count` consecutive counters
+    /// from `first`, written one after another into `out` (`count * len`
+    /// bytes), with as few AES calls as possible: per-call dispatch costs
+    /// more than a block, so the client precomputes its filler this way.
+    pub fn stream_many(&self, first: u64, count: usize, offset: usize, len: usize, out: &mut [u8]) {
+        const BATCH_BLOCKS: usize = 64;
+        let skip = offset % 16;
+        let per = (skip + len).div_ceil(16).max(1);
+        if len == 0 || per > BATCH_BLOCKS {
+            return;
+        }
+        let per_call = BATCH_BLOCKS / per;
+        let mut done = 0;
+        while done < count {
+            let n = per_call.min(count - done);
+            let mut blocks = [GenericArray::default(); BATCH_BLOCKS];
+            for c in 0..n {
+                let nonce = nonce_for(first + (done + c) as u64);
+                for j in 0..per {
+                    let b = &mut blocks[c * per + j];
+                    b[..12].copy_from_slice(&nonce);
+                    b[12..].copy_from_slice(&(2 + (offset / 16 + j) as u32).to_be_bytes());
+                }
+            }
+            self.0.encrypt_blocks(&mut blocks[..n * per]);
+            for c in 0..n {
+                let dst = &mut out[(done + c) * len..(done + c + 1) * len];
+                let mut at = 0;
+                for (j, b) in blocks[c * per..(c + 1) * per].iter().enumerate() {
+                    let from = if j == 0 { skip } else { 0 };
+                    let take = (16 - from).min(len - at);
+                    dst[at..at + take].copy_from_slice(&b[from..from + take]);
+                    at += take;
+                }
+            }
+            done += n;
+        }
+    }
+
+    /// PRF blocks for `out.len()` consecutive counters from `first`, in one
+    /// AES call.
+    pub fn prf_many(&self, first: u64, out: &mut [[u8; 16]]) {
+        for chunk_start in (0..out.len()).step_by(64) {
+            let n = (out.len() - chunk_start).min(64);
+            let mut blocks = [GenericArray::default(); 64];
+            for (k, b) in blocks[..n].iter_mut().enumerate() {
+                b[4..12].copy_from_slice(&(first + (chunk_start + k) as u64).to_be_bytes());
+            }
+            self.0.encrypt_blocks(&mut blocks[..n]);
+            for (o, b) in out[chunk_start..chunk_start + n]
+                .iter_mut()
+                .zip(&blocks[..n])
+            {
+                o.copy_from_slice(b);
+            }
+        }
+    }
+
     /// One block of PRF output for a counter (used as relay padding).
     pub fn prf_block(&self, counter: u64) -> [u8; 16] {
         let mut block = GenericArray::default();
@@ -81,6 +139,23 @@ impl Keystream {
 mod tests {
     use super::*;
     use crate::crypto::aead::{CellAead, DefaultAead};
+
+    #[test]
+    fn batched_forms_match_single_calls() {
+        let ks = Keystream::new(&[5u8; 16]);
+        let mut many = vec![0u8; 7 * 37];
+        ks.stream_many(100, 7, 461, 37, &mut many);
+        for c in 0..7 {
+            let mut one = [0u8; 37];
+            ks.xor_at(100 + c as u64, 461, &mut one);
+            assert_eq!(&many[c * 37..(c + 1) * 37], &one[..]);
+        }
+        let mut prfs = [[0u8; 16]; 70];
+        ks.prf_many(9, &mut prfs);
+        for (k, p) in prfs.iter().enumerate() {
+            assert_eq!(*p, ks.prf_block(9 + k as u64));
+        }
+    }
 
     #[test]
     fn matches_gcm_keystream_at_any_offset() -> Result<(), crate::error::CryptoError> {

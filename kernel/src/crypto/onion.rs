@@ -94,7 +94,14 @@ pub struct RelayHop {
     forward_ctr: u64,
     back_layer_ctr: u64,
     back_seal_ctr: u64,
+    /// Pads for counters `pads_from..pads_from + PAD_BATCH`, computed in
+    /// one AES call (a call per block cost more than the block).
+    pads: [[u8; 16]; PAD_BATCH],
+    pads_from: Option<u64>,
 }
+
+/// Relay pads computed per batch.
+const PAD_BATCH: usize = 16;
 
 impl RelayHop {
     /// Relay state from the hop's keys.
@@ -107,7 +114,21 @@ impl RelayHop {
             forward_ctr: 0,
             back_layer_ctr: 0,
             back_seal_ctr: 0,
+            pads: [[0; 16]; PAD_BATCH],
+            pads_from: None,
         })
+    }
+
+    fn pad_for(&mut self, counter: u64) -> [u8; 16] {
+        let from = match self.pads_from {
+            Some(f) if (f..f + PAD_BATCH as u64).contains(&counter) => f,
+            _ => {
+                self.pad.prf_many(counter, &mut self.pads);
+                self.pads_from = Some(counter);
+                counter
+            }
+        };
+        self.pads[(counter - from) as usize]
     }
 
     /// Checks and removes this hop's outbound layer. On success the plaintext
@@ -124,13 +145,13 @@ impl RelayHop {
     /// After [`Self::open_outbound`], turns the body into what the next hop
     /// expects: the plaintext moved to the front and this hop's padding
     /// appended.
-    pub fn prepare_forward(&self, body: &mut [u8]) {
+    pub fn prepare_forward(&mut self, body: &mut [u8]) {
         if body.len() != BODY_LEN {
             return;
         }
         body.copy_within(TAG_LEN.., 0);
         // The counter was advanced by open_outbound: the cell used ctr - 1.
-        let pad = self.pad.prf_block(self.forward_ctr.wrapping_sub(1));
+        let pad = self.pad_for(self.forward_ctr.wrapping_sub(1));
         body[SEALED_LEN..].copy_from_slice(&pad);
     }
 
@@ -168,10 +189,22 @@ struct ClientHop {
     back_seal_ctr: u64,
 }
 
+/// Cells whose filler the client computes at once.
+const FILLER_BATCH: usize = 16;
+/// Longest filler: 16 bytes for each hop but the last.
+const MAX_FILLER: usize = TAG_LEN * (MAX_HOPS - 1);
+
 /// The client's onion state for a whole path.
 #[derive(Default)]
 pub struct ClientOnion {
     hops: Vec<ClientHop>,
+    /// Precomputed plaintext tails for the next cells (the filler XOR the
+    /// last hop's keystream), `tails[k]` for the cell `k` after
+    /// `tails_from` (the last hop's counter then). The filler depends only on
+    /// keys and counters, so it is computed in batches: AES calls of a
+    /// few blocks each dominated the wrap otherwise.
+    tails: Vec<[u8; MAX_FILLER]>,
+    tails_from: Option<u64>,
 }
 
 impl ClientOnion {
@@ -179,6 +212,8 @@ impl ClientOnion {
     pub fn new() -> ClientOnion {
         ClientOnion {
             hops: Vec::with_capacity(MAX_HOPS),
+            tails: Vec::new(),
+            tails_from: None,
         }
     }
 
@@ -207,12 +242,66 @@ impl ClientOnion {
             back_layer_ctr: 0,
             back_seal_ctr: 0,
         });
+        self.tails_from = None;
         Ok(())
     }
 
     /// Drops the last hop (after a truncation).
     pub fn pop_hop(&mut self) {
         self.hops.pop();
+        self.tails_from = None;
+    }
+
+    /// Computes the tails of the next FILLER_BATCH cells.
+    fn refill_tails(&mut self) {
+        let d = self.hops.len();
+        let fill_len = TAG_LEN * (d - 1);
+        self.tails.resize(FILLER_BATCH, [0; MAX_FILLER]);
+        for t in self.tails.iter_mut() {
+            t.fill(0);
+        }
+        let mut pads = [[0u8; 16]; FILLER_BATCH];
+        let mut ks = [0u8; FILLER_BATCH * MAX_FILLER];
+        for (i, hop) in self.hops[..d - 1].iter().enumerate() {
+            // Hop i+1 decrypts the 16 i bytes of filler so far, then
+            // appends its pad (see wrap_outbound).
+            let have = TAG_LEN * i;
+            if have > 0 {
+                hop.forward_stream.stream_many(
+                    hop.forward_ctr,
+                    FILLER_BATCH,
+                    SEALED_LEN - have,
+                    have,
+                    &mut ks,
+                );
+                for (k, t) in self.tails.iter_mut().enumerate() {
+                    for (b, s) in t[..have].iter_mut().zip(&ks[k * have..(k + 1) * have]) {
+                        *b ^= s;
+                    }
+                }
+            }
+            hop.pad.prf_many(hop.forward_ctr, &mut pads);
+            for (t, p) in self.tails.iter_mut().zip(&pads) {
+                t[have..have + TAG_LEN].copy_from_slice(p);
+            }
+        }
+        let last = &self.hops[d - 1];
+        last.forward_stream.stream_many(
+            last.forward_ctr,
+            FILLER_BATCH,
+            SEALED_LEN - fill_len,
+            fill_len,
+            &mut ks,
+        );
+        for (k, t) in self.tails.iter_mut().enumerate() {
+            for (b, s) in t[..fill_len]
+                .iter_mut()
+                .zip(&ks[k * fill_len..(k + 1) * fill_len])
+            {
+                *b ^= s;
+            }
+        }
+        self.tails_from = Some(last.forward_ctr);
     }
 
     /// Wraps a message for the last hop. The caller has written the message
@@ -227,25 +316,22 @@ impl ClientOnion {
         if body.len() != BODY_LEN {
             return Err(CryptoError::BadLength);
         }
-        // Filler: the last 16 (d - 1) bytes hop d will receive, which hops
-        // 1..d-1 produce by appending their pads and decrypting earlier ones.
-        let mut filler = [0u8; TAG_LEN * (MAX_HOPS - 1)];
-        for (i, hop) in self.hops[..d - 1].iter().enumerate() {
-            // Hop i+1 (1-based) receives a filler of 16 i bytes at the end of
-            // its sealed region, decrypts it, then appends its pad.
-            let have = TAG_LEN * i;
-            hop.forward_stream
-                .xor_at(hop.forward_ctr, SEALED_LEN - have, &mut filler[..have]);
-            filler[have..have + TAG_LEN].copy_from_slice(&hop.pad.prf_block(hop.forward_ctr));
-        }
+        // The last 16 (d - 1) bytes hop d will receive are the filler that
+        // hops 1..d-1 produce (their pads, decrypted by the hops after them).
+        // Make hop d's ciphertext end with it: the plaintext tail is the
+        // filler XOR hop d's keystream there, precomputed per batch.
         let fill_len = TAG_LEN * (d - 1);
-        // Make hop d's ciphertext end with the filler: plaintext tail =
-        // filler XOR hop d's keystream there.
-        let last = &self.hops[d - 1];
-        let tail = &mut body[BODY_LEN - fill_len..];
-        tail.copy_from_slice(&filler[..fill_len]);
-        last.forward_stream
-            .xor_at(last.forward_ctr, SEALED_LEN - fill_len, tail);
+        if fill_len > 0 {
+            let ctr = self.hops[d - 1].forward_ctr;
+            let k = match self.tails_from {
+                Some(from) if (from..from + FILLER_BATCH as u64).contains(&ctr) => ctr - from,
+                _ => {
+                    self.refill_tails();
+                    0
+                }
+            } as usize;
+            body[BODY_LEN - fill_len..].copy_from_slice(&self.tails[k][..fill_len]);
+        }
         // Seal from the last hop outwards; before each outer seal, shift right
         // by one tag, dropping the 16 bytes that hop will regenerate as pad.
         let mut dest_tag = [0u8; TAG_LEN];
