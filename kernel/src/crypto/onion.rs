@@ -205,6 +205,8 @@ pub struct ClientOnion {
     /// few blocks each dominated the wrap otherwise.
     tails: Vec<[u8; MAX_FILLER]>,
     tails_from: Option<u64>,
+    /// Room for a body and all outer tags (reused, so not zeroed per cell).
+    scratch: Vec<u8>,
 }
 
 impl ClientOnion {
@@ -214,6 +216,7 @@ impl ClientOnion {
             hops: Vec::with_capacity(MAX_HOPS),
             tails: Vec::new(),
             tails_from: None,
+            scratch: vec![0; BODY_LEN + MAX_FILLER],
         }
     }
 
@@ -332,18 +335,35 @@ impl ClientOnion {
             } as usize;
             body[BODY_LEN - fill_len..].copy_from_slice(&self.tails[k][..fill_len]);
         }
-        // Seal from the last hop outwards; before each outer seal, shift right
-        // by one tag, dropping the 16 bytes that hop will regenerate as pad.
+        // Seal from the last hop outwards. Each outer hop seals the first
+        // 493 bytes of the inner hop's body (its last 16 bytes are the pad
+        // the outer hop will regenerate), so in a scratch buffer with room
+        // for all tags each seal simply starts 16 bytes earlier: no shifting
+        // (the right shifts this replaces were overlapping backward copies,
+        // 6% of the wrap in a profile).
         let mut dest_tag = [0u8; TAG_LEN];
-        for (k, hop) in self.hops.iter_mut().enumerate().rev() {
-            if k + 1 < d {
-                body.copy_within(..SEALED_LEN, TAG_LEN);
+        if d == 1 {
+            let hop = &mut self.hops[0];
+            dest_tag = hop.forward.seal(hop.forward_ctr, &mut body[TAG_LEN..])?;
+            body[..TAG_LEN].copy_from_slice(&dest_tag);
+        } else {
+            if self.scratch.len() < BODY_LEN + MAX_FILLER {
+                self.scratch.resize(BODY_LEN + MAX_FILLER, 0);
             }
-            let tag = hop.forward.seal(hop.forward_ctr, &mut body[TAG_LEN..])?;
-            body[..TAG_LEN].copy_from_slice(&tag);
-            if k + 1 == d {
-                dest_tag = tag;
+            let scratch = &mut self.scratch;
+            let base = TAG_LEN * (d - 1);
+            scratch[base + TAG_LEN..base + BODY_LEN].copy_from_slice(&body[TAG_LEN..]);
+            for (k, hop) in self.hops.iter_mut().enumerate().rev() {
+                let off = TAG_LEN * k;
+                let tag = hop
+                    .forward
+                    .seal(hop.forward_ctr, &mut scratch[off + TAG_LEN..off + BODY_LEN])?;
+                scratch[off..off + TAG_LEN].copy_from_slice(&tag);
+                if k + 1 == d {
+                    dest_tag = tag;
+                }
             }
+            body.copy_from_slice(&scratch[..BODY_LEN]);
         }
         for hop in &mut self.hops {
             hop.forward_ctr += 1;
