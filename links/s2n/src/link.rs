@@ -1,0 +1,503 @@
+//! One QUIC connection carrying one link: the tasks behind the channels.
+//!
+//! Each circuit gets its own unidirectional stream in each direction, opened
+//! by the sender the first time it sends a cell of that circuit. QUIC keeps
+//! order within a stream but not across streams, so each circuit's cells stay
+//! in order while a lost packet only holds up the circuits whose data it
+//! carried (no head-of-line blocking across circuits, unlike TCP). A stream is
+//! finished when its circuit is destroyed (a DESTROY cell sent or received), so
+//! streams do not pile up over a long-lived link.
+//!
+//! Every stream starts with one byte saying what it carries: cells (then
+//! whole 514-byte cells until the end), or a control message:
+//!
+//! - `FIN`: "I have sent everything and finished all my cell streams". It is
+//!   opened after every cell stream, and QUIC hands streams to the receiver
+//!   in the order they were opened, so once it arrives the receiver knows
+//!   the set of cell streams is complete; it reads them to their ends, then
+//!   reports the end to its node ([`CloseReason::Peer`]).
+//! - `DRAINED`: "I have read all you sent", the answer to a `FIN`.
+//!
+//! A close is a half-close, as on the `tcp` link: the end that did not close
+//! may still send until its node closes too (which it does once it sees the
+//! end), and the closing end still delivers those cells. Closing the QUIC
+//! connection discards whatever is in flight, so it waits until both ends
+//! have sent `FIN` and both have said `DRAINED`; either end then closes it.
+//! A peer that never closes its end is given [`CLOSE_LINGER`].
+//!
+//! The idle timeout is QUIC's own (see the connection limits); the writer
+//! sends a PING every keepalive interval. A peer that vanishes shows up as
+//! the idle timer expiring.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use relay_kernel::{Cell, CellCommand, CELL_LEN};
+use relay_link::link::CloseCell;
+use relay_link::{CloseReason, LinkIo, Outgoing};
+use s2n_quic::connection::{Error as ConnectionError, Handle, StreamAcceptor};
+use s2n_quic::provider::event::Location;
+use s2n_quic::stream::{ReceiveStream as RecvStream, SendStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+/// First byte of a stream of cells.
+const KIND_CELLS: u8 = 0;
+/// First (and only) byte of the stream announcing a graceful close.
+const KIND_FIN: u8 = 1;
+/// First (and only) byte of the stream confirming we read all the peer sent
+/// before its FIN.
+const KIND_DRAINED: u8 = 2;
+
+/// Connection close codes.
+pub(crate) mod code {
+    use s2n_quic::application::Error;
+    fn code(n: u64) -> Error {
+        Error::new(n).unwrap_or(Error::UNKNOWN)
+    }
+    /// Graceful close: everything sent was read.
+    pub(crate) const DONE: u64 = 1;
+    pub(crate) fn done() -> Error {
+        code(DONE)
+    }
+    /// The peer broke the stream protocol.
+    pub(crate) fn protocol() -> Error {
+        code(3)
+    }
+    /// A graceful close that the peer did not complete in time.
+    pub(crate) fn close_timeout() -> Error {
+        code(4)
+    }
+}
+
+/// Cells the writer takes from the node before writing them out.
+const BATCH_CELLS: usize = 128;
+/// How long a closing link waits for the peer to read everything.
+const CLOSE_LINGER: Duration = Duration::from_secs(60);
+
+/// Why a QUIC connection ended, as a link close reason.
+pub(crate) fn close_reason(e: &ConnectionError) -> CloseReason {
+    match e {
+        ConnectionError::IdleTimerExpired { .. } => CloseReason::IdleTimeout,
+        ConnectionError::Closed {
+            initiator: Location::Local,
+            ..
+        }
+        | ConnectionError::Application {
+            initiator: Location::Local,
+            ..
+        } => CloseReason::Local,
+        ConnectionError::Application { error, .. } if u64::from(*error) == code::DONE => {
+            CloseReason::Peer
+        }
+        ConnectionError::Application { error, .. } => {
+            CloseReason::Error(format!("peer closed the link (code {})", u64::from(*error)))
+        }
+        other => CloseReason::Error(other.to_string()),
+    }
+}
+
+/// A stream error as a close reason.
+fn stream_reason(e: &s2n_quic::stream::Error) -> Option<CloseReason> {
+    match e {
+        s2n_quic::stream::Error::ConnectionError { error, .. } => Some(close_reason(error)),
+        _ => None,
+    }
+}
+
+/// Starts the tasks of an established link; returns them for the transport
+/// to abort on a crash.
+pub(crate) fn spawn(
+    conn: s2n_quic::Connection,
+    io: LinkIo,
+    keepalive: Duration,
+) -> [tokio::task::JoinHandle<()>; 2] {
+    let LinkIo {
+        outgoing,
+        incoming,
+        closed,
+    } = io;
+    let (handle, acceptor) = conn.split();
+    let (destroyed_tx, destroyed_rx) = mpsc::unbounded_channel();
+    // Dropped when the receiver ends, which it does when the connection does.
+    let (ended_tx, ended_rx) = watch::channel(());
+    let r = tokio::spawn(receiver(
+        handle.clone(),
+        acceptor,
+        incoming,
+        closed.clone(),
+        destroyed_tx,
+        ended_tx,
+    ));
+    let w = tokio::spawn(writer(
+        handle,
+        outgoing,
+        closed,
+        destroyed_rx,
+        ended_rx,
+        keepalive,
+    ));
+    [r, w]
+}
+
+/// A stream error as a close reason.
+fn reason_of(e: s2n_quic::stream::Error) -> CloseReason {
+    stream_reason(&e).unwrap_or_else(|| CloseReason::Error(e.to_string()))
+}
+
+/// Opens a stream carrying one control byte, and finishes it.
+async fn send_control(conn: &Handle, kind: u8) -> Result<(), CloseReason> {
+    let mut conn = conn.clone();
+    let mut s = conn
+        .open_send_stream()
+        .await
+        .map_err(|e| close_reason(&e))?;
+    s.send(Bytes::copy_from_slice(&[kind]))
+        .await
+        .map_err(reason_of)?;
+    s.finish().map_err(reason_of)
+}
+
+/// Cells bound for one stream within a batch.
+struct Group {
+    circ: u32,
+    bytes: BytesMut,
+    /// The batch destroys the circuit: finish its stream after this.
+    last: bool,
+}
+
+/// Takes cells from the node and writes each circuit's to its stream.
+async fn writer(
+    mut conn: Handle,
+    mut outgoing: mpsc::Receiver<Outgoing>,
+    closed: CloseCell,
+    mut destroyed: mpsc::UnboundedReceiver<u32>,
+    mut ended: watch::Receiver<()>,
+    keepalive: Duration,
+) {
+    let mut streams: HashMap<u32, SendStream> = HashMap::new();
+    let mut groups: Vec<Group> = Vec::new();
+    let mut ping = tokio::time::interval(keepalive);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let first = tokio::select! {
+            biased;
+            Some(circ) = destroyed.recv() => {
+                peer_destroyed(&mut streams, circ);
+                continue;
+            }
+            o = outgoing.recv() => o,
+            _ = ping.tick() => {
+                let _ = conn.ping();
+                continue;
+            }
+            // The receiver records why the connection ended.
+            _ = ended.changed() => return,
+        };
+        // None: the node dropped the link, which closes it gracefully.
+        let mut next = Some(first.unwrap_or(Outgoing::Close));
+        let mut close = false;
+        let mut cells = 0;
+        groups.clear();
+        while let Some(o) = next.take() {
+            match o {
+                Outgoing::Cell(c) => {
+                    let circ = c.raw_circ_id();
+                    let destroy = c.raw_command() == CellCommand::Destroy as u8;
+                    let i = match groups.iter().position(|g| g.circ == circ && !g.last) {
+                        Some(i) => i,
+                        None => {
+                            groups.push(Group {
+                                circ,
+                                bytes: BytesMut::with_capacity(CELL_LEN),
+                                last: false,
+                            });
+                            groups.len() - 1
+                        }
+                    };
+                    let g = &mut groups[i];
+                    g.bytes.extend_from_slice(c.as_bytes());
+                    g.last = destroy;
+                    cells += 1;
+                }
+                Outgoing::Close => {
+                    close = true;
+                    break;
+                }
+            }
+            if cells < BATCH_CELLS {
+                next = outgoing.try_recv().ok();
+            }
+        }
+        for g in groups.drain(..) {
+            if let Err(e) = write_group(&mut conn, &mut streams, &mut destroyed, g).await {
+                closed.set(e);
+                return;
+            }
+        }
+        if close {
+            close_gracefully(&conn, &closed, streams, ended).await;
+            return;
+        }
+    }
+}
+
+/// Finishes the stream of a circuit the peer destroyed: we will send no
+/// more on it, and its slot in the peer's stream limit comes back.
+fn peer_destroyed(streams: &mut HashMap<u32, SendStream>, circ: u32) {
+    if let Some(mut s) = streams.remove(&circ) {
+        let _ = s.finish();
+    }
+}
+
+/// Writes one batch's cells for one circuit, opening its stream if needed.
+async fn write_group(
+    conn: &mut Handle,
+    streams: &mut HashMap<u32, SendStream>,
+    destroyed: &mut mpsc::UnboundedReceiver<u32>,
+    g: Group,
+) -> Result<(), CloseReason> {
+    if !streams.contains_key(&g.circ) {
+        // At the peer's stream limit this waits for a stream to close, which
+        // may be one of ours the peer destroyed: keep finishing those.
+        let mut opener = conn.clone();
+        let open = opener.open_send_stream();
+        tokio::pin!(open);
+        let mut s = loop {
+            tokio::select! {
+                biased;
+                Some(circ) = destroyed.recv() => peer_destroyed(streams, circ),
+                s = &mut open => break s.map_err(|e| close_reason(&e))?,
+            }
+        };
+        // The kind byte goes out with the first cells (below).
+        let mut first = BytesMut::with_capacity(1 + g.bytes.len());
+        first.extend_from_slice(&[KIND_CELLS]);
+        first.extend_from_slice(&g.bytes);
+        s.send(first.freeze()).await.map_err(reason_of)?;
+        if g.last {
+            let _ = s.finish();
+        } else {
+            streams.insert(g.circ, s);
+        }
+        return Ok(());
+    }
+    let s = streams
+        .get_mut(&g.circ)
+        .ok_or_else(|| CloseReason::Error("stream vanished".into()))?;
+    s.send(g.bytes.freeze()).await.map_err(reason_of)?;
+    if g.last {
+        if let Some(mut s) = streams.remove(&g.circ) {
+            let _ = s.finish();
+        }
+    }
+    Ok(())
+}
+
+/// Finishes every stream, announces the close, and waits (a while) for the
+/// peer to read everything and close the connection.
+async fn close_gracefully(
+    conn: &Handle,
+    closed: &CloseCell,
+    streams: HashMap<u32, SendStream>,
+    mut ended: watch::Receiver<()>,
+) {
+    for (_, mut s) in streams {
+        let _ = s.finish();
+    }
+    // Recorded first: once the FIN is out the peer may close at once.
+    closed.set(CloseReason::Local);
+    if send_control(conn, KIND_FIN).await.is_err() {
+        return;
+    }
+    // The connection stays open until both ends have closed and read
+    // everything (see the module docs); this bounds the wait for a peer
+    // that never closes its end.
+    let wait = async { while ended.changed().await.is_ok() {} };
+    if tokio::time::timeout(CLOSE_LINGER, wait).await.is_err() {
+        conn.close(code::close_timeout());
+    }
+}
+
+/// What a finished stream carried.
+enum Carried {
+    Cells,
+    Fin,
+    Drained,
+}
+
+/// Accepts the peer's streams, runs a reader for each, and ends the link
+/// when the connection closes or the peer's graceful close completes.
+async fn receiver(
+    conn: Handle,
+    mut acceptor: StreamAcceptor,
+    incoming: mpsc::Sender<Cell>,
+    closed: CloseCell,
+    destroyed: mpsc::UnboundedSender<u32>,
+    _ended: watch::Sender<()>,
+) {
+    let mut incoming = Some(incoming);
+    let mut readers: JoinSet<Result<Carried, (bool, CloseReason)>> = JoinSet::new();
+    let (mut got_fin, mut drained, mut got_drained) = (false, false, false);
+    let reason = loop {
+        tokio::select! {
+            s = acceptor.accept_receive_stream() => match s {
+                Ok(Some(s)) => {
+                    readers.spawn(read_stream(s, incoming.clone(), destroyed.clone()));
+                }
+                // s2n-quic says None for a clean close and for an idle
+                // timeout alike; the handle still knows which.
+                Ok(None) => match conn.clone().ping() {
+                    Err(e) => break close_reason(&e),
+                    Ok(()) => break CloseReason::Error("connection closed".into()),
+                },
+                Err(e) => break close_reason(&e),
+            },
+            Some(done) = readers.join_next() => match done {
+                Ok(Ok(Carried::Cells)) => {}
+                Ok(Ok(Carried::Fin)) => got_fin = true,
+                Ok(Ok(Carried::Drained)) => got_drained = true,
+                // The connection failed under the reader.
+                Ok(Err((true, r))) => break r,
+                Ok(Err((false, r))) => {
+                    conn.close(code::protocol());
+                    break r;
+                }
+                Err(_) => {
+                    conn.close(code::protocol());
+                    break CloseReason::Error("stream reader failed".into());
+                }
+            },
+        }
+        if got_fin && !drained && readers.is_empty() {
+            // Every cell stream the peer opened came before its FIN, and all
+            // have been read to the end: the node has everything.
+            drained = true;
+            closed.set(CloseReason::Peer);
+            incoming = None;
+            if let Err(e) = send_control(&conn, KIND_DRAINED).await {
+                break e;
+            }
+        }
+        if drained && got_drained {
+            // Both directions are closed and read: nothing is in flight.
+            conn.close(code::done());
+            break CloseReason::Peer;
+        }
+    };
+    closed.set(reason);
+    // Readers still running hold senders; stop them so the node sees the end.
+    readers.abort_all();
+}
+
+/// Where a stream reader's cells go.
+struct Delivery {
+    /// The node, until it stops listening.
+    incoming: Option<mpsc::Sender<Cell>>,
+    /// The writer, told of circuits the peer destroyed.
+    destroyed: mpsc::UnboundedSender<u32>,
+}
+
+impl Delivery {
+    async fn deliver(&mut self, cell: Cell) {
+        if cell.raw_command() == CellCommand::Destroy as u8 {
+            let _ = self.destroyed.send(cell.raw_circ_id());
+        }
+        if let Some(tx) = &self.incoming {
+            if tx.send(cell).await.is_err() {
+                self.incoming = None;
+            }
+        }
+    }
+}
+
+/// A reader's failure: (whether the connection failed, why).
+fn read_err(e: s2n_quic::stream::Error) -> (bool, CloseReason) {
+    match stream_reason(&e) {
+        Some(r) => (true, r),
+        None => (false, CloseReason::Error(e.to_string())),
+    }
+}
+
+fn protocol_err(what: &str) -> (bool, CloseReason) {
+    (false, CloseReason::Error(what.into()))
+}
+
+/// Reads one stream to its end. Cells go to the node (or nowhere once the
+/// node stopped listening, so the peer is never blocked by flow control).
+async fn read_stream(
+    mut s: RecvStream,
+    incoming: Option<mpsc::Sender<Cell>>,
+    destroyed: mpsc::UnboundedSender<u32>,
+) -> Result<Carried, (bool, CloseReason)> {
+    // The kind byte, from the first non-empty chunk.
+    let mut chunk = loop {
+        match s.receive().await.map_err(read_err)? {
+            Some(c) if c.is_empty() => continue,
+            Some(c) => break c,
+            None => return Err(protocol_err("empty stream")),
+        }
+    };
+    let kind = chunk[0];
+    let _ = chunk.split_to(1);
+    match kind {
+        KIND_CELLS => {}
+        KIND_FIN | KIND_DRAINED => {
+            // A control stream is its kind byte alone.
+            if !chunk.is_empty() {
+                return Err(protocol_err("control stream too long"));
+            }
+            while let Some(c) = s.receive().await.map_err(read_err)? {
+                if !c.is_empty() {
+                    return Err(protocol_err("control stream too long"));
+                }
+            }
+            return Ok(if kind == KIND_FIN {
+                Carried::Fin
+            } else {
+                Carried::Drained
+            });
+        }
+        _ => return Err(protocol_err("unknown stream kind")),
+    }
+    let mut out = Delivery {
+        incoming,
+        destroyed,
+    };
+    // Each cell gets its own exact buffer (the node keeps cells in queues,
+    // so they must not pin larger ones), and nothing is allocated for a
+    // stream until data arrives: an idle circuit costs only its stream.
+    let mut partial = BytesMut::new();
+    let mut next = Some(chunk);
+    loop {
+        let chunk = match next.take() {
+            Some(c) => c,
+            None => match s.receive().await.map_err(read_err)? {
+                Some(c) => c,
+                None => break,
+            },
+        };
+        let mut data = &chunk[..];
+        if !partial.is_empty() {
+            let take = (CELL_LEN - partial.len()).min(data.len());
+            partial.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if partial.len() == CELL_LEN {
+                let cell =
+                    Cell::from_bytes(partial.split()).map_err(|e| protocol_err(&e.to_string()))?;
+                out.deliver(cell).await;
+            }
+        }
+        while let Some((bytes, rest)) = data.split_at_checked(CELL_LEN) {
+            data = rest;
+            let cell = Cell::from_slice(bytes).map_err(|e| protocol_err(&e.to_string()))?;
+            out.deliver(cell).await;
+        }
+        partial.extend_from_slice(data);
+    }
+    if !partial.is_empty() {
+        return Err(protocol_err("stream ended inside a cell"));
+    }
+    Ok(Carried::Cells)
+}
