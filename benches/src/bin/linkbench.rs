@@ -182,6 +182,8 @@ fn main() {
         let a: Arc<dyn Transport> = Arc::new(relay_link_quic::QuicTransport::bind(any, &ia, cfg).await.unwrap());
         let b: Arc<dyn Transport> = Arc::new(relay_link_quic::QuicTransport::bind(any, &ib, cfg).await.unwrap());
         link_run("quic link (quinn)", a, b, mb).await.print();
-        println!("(s2n link: not built yet)");
+        let a: Arc<dyn Transport> = Arc::new(relay_link_s2n::S2nTransport::bind(any, &ia, cfg).await.unwrap());
+        let b: Arc<dyn Transport> = Arc::new(relay_link_s2n::S2nTransport::bind(any, &ib, cfg).await.unwrap());
+        link_run("s2n link (s2n-quic)", a, b, mb).await.print();
     });
 }
