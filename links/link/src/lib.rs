@@ -13,6 +13,8 @@ pub mod error;
 pub mod handshake;
 pub mod identity;
 pub mod link;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod transport;
 
 pub use addr::{LinkAddr, PeerAddr, Scheme};
