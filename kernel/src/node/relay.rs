@@ -80,10 +80,10 @@ impl Node {
         let circ = self.circuits.insert(Circuit::new(
             Some((link, id)),
             None,
-            Role::Relay(Box::new(RelayState {
+            Role::Relay(RelayState {
                 hop,
                 extend: ExtendState::None,
-            })),
+            }),
             Some(Edge::new(self.config.cc)),
             None,
         ));
