@@ -17,12 +17,11 @@ use std::sync::{Arc, Mutex};
 
 use relay_kernel::NodeId;
 use relay_link::tls::{identity_key, no_tls12, verify_signature};
-pub(crate) use relay_link::tls::{node_id, NodeCert};
+pub(crate) use relay_link::tls::{node_id, AnyNode, NodeCert};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 
 /// Where a dial's verifier records the id the peer proved.
 pub(crate) type Proved = Arc<Mutex<Option<NodeId>>>;
@@ -89,60 +88,6 @@ impl ServerCertVerifier for ExpectPeer {
             ));
         }
         Ok(valid)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
-    }
-}
-
-/// The listener's check of a dialler: any node may connect, but it must
-/// present an Ed25519 certificate and prove it holds the key; the link then
-/// learns its id from the certificate.
-#[derive(Debug)]
-pub(crate) struct AnyNode {
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl AnyNode {
-    pub(crate) fn new(provider: &CryptoProvider) -> AnyNode {
-        AnyNode {
-            algs: provider.signature_verification_algorithms,
-        }
-    }
-}
-
-impl ClientCertVerifier for AnyNode {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        identity_key(end_entity)?;
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(no_tls12())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_signature(&self.algs, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -20,13 +20,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use relay_kernel::NodeId;
-use relay_link::tls::{identity_key, no_tls12, verify_signature};
-pub(crate) use relay_link::tls::{node_id, NodeCert};
+use relay_link::tls::{no_tls12, verify_signature};
+pub(crate) use relay_link::tls::{node_id, AnyNode, NodeCert};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 
 /// Ids that dials' peers claimed when they were not the id dialled, by
 /// the dial's TLS server name (unique per dial), so that the dial can report
@@ -90,60 +89,6 @@ impl ServerCertVerifier for ExpectPeer {
         }
         // The CertificateVerify signature, checked next, proves the key.
         Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(no_tls12())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_signature(&self.algs, message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
-    }
-}
-
-/// The listener's check of a dialler: any node may connect, but it must
-/// present an Ed25519 certificate and prove it holds the key; the link then
-/// learns its id from the certificate.
-#[derive(Debug)]
-pub(crate) struct AnyNode {
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl AnyNode {
-    pub(crate) fn new(provider: &CryptoProvider) -> AnyNode {
-        AnyNode {
-            algs: provider.signature_verification_algorithms,
-        }
-    }
-}
-
-impl ClientCertVerifier for AnyNode {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        identity_key(end_entity)?;
-        Ok(ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
