@@ -7,6 +7,7 @@
 //! the `conformance` feature) the test suite every link kind runs unchanged.
 
 pub mod addr;
+pub mod batch;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod error;

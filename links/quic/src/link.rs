@@ -34,6 +34,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use quinn::{Connection, ConnectionError, RecvStream, SendStream};
 use relay_kernel::{Cell, CellCommand, CELL_LEN};
+use relay_link::batch::{gather_by_circuit, CircuitBatch};
 use relay_link::link::CloseCell;
 use relay_link::{CloseReason, LinkIo, Outgoing};
 use tokio::sync::mpsc;
@@ -109,14 +110,6 @@ async fn send_control(conn: &Connection, kind: u8) -> Result<(), String> {
     s.finish().map_err(|e| e.to_string())
 }
 
-/// Cells bound for one stream within a batch.
-struct Group {
-    circ: u32,
-    bytes: BytesMut,
-    /// The batch destroys the circuit: finish its stream after this.
-    last: bool,
-}
-
 /// Takes cells from the node and writes each circuit's to its stream.
 async fn writer(
     conn: Connection,
@@ -125,7 +118,7 @@ async fn writer(
     mut destroyed: mpsc::UnboundedReceiver<u32>,
 ) {
     let mut streams: HashMap<u32, SendStream> = HashMap::new();
-    let mut groups: Vec<Group> = Vec::new();
+    let mut groups: Vec<CircuitBatch> = Vec::new();
     loop {
         let first = tokio::select! {
             biased;
@@ -140,40 +133,13 @@ async fn writer(
             }
         };
         // None: the node dropped the link, which closes it gracefully.
-        let mut next = Some(first.unwrap_or(Outgoing::Close));
-        let mut close = false;
-        let mut cells = 0;
         groups.clear();
-        while let Some(o) = next.take() {
-            match o {
-                Outgoing::Cell(c) => {
-                    let circ = c.raw_circ_id();
-                    let destroy = c.raw_command() == CellCommand::Destroy as u8;
-                    let i = match groups.iter().position(|g| g.circ == circ && !g.last) {
-                        Some(i) => i,
-                        None => {
-                            groups.push(Group {
-                                circ,
-                                bytes: BytesMut::with_capacity(CELL_LEN),
-                                last: false,
-                            });
-                            groups.len() - 1
-                        }
-                    };
-                    let g = &mut groups[i];
-                    g.bytes.extend_from_slice(c.as_bytes());
-                    g.last = destroy;
-                    cells += 1;
-                }
-                Outgoing::Close => {
-                    close = true;
-                    break;
-                }
-            }
-            if cells < BATCH_CELLS {
-                next = outgoing.try_recv().ok();
-            }
-        }
+        let close = gather_by_circuit(
+            first.unwrap_or(Outgoing::Close),
+            &mut outgoing,
+            BATCH_CELLS,
+            &mut groups,
+        );
         for g in groups.drain(..) {
             if let Err(e) = write_group(&conn, &mut streams, &mut destroyed, g).await {
                 fail(&conn, &closed, e);
@@ -200,7 +166,7 @@ async fn write_group(
     conn: &Connection,
     streams: &mut HashMap<u32, SendStream>,
     destroyed: &mut mpsc::UnboundedReceiver<u32>,
-    g: Group,
+    g: CircuitBatch,
 ) -> Result<(), String> {
     if !streams.contains_key(&g.circ) {
         // At the peer's stream limit this waits for a stream to close, which

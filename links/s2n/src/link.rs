@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use relay_kernel::{Cell, CellCommand, CELL_LEN};
+use relay_link::batch::{gather_by_circuit, CircuitBatch};
 use relay_link::link::CloseCell;
 use relay_link::{CloseReason, LinkIo, Outgoing};
 use s2n_quic::connection::{Error as ConnectionError, Handle, StreamAcceptor};
@@ -159,14 +160,6 @@ async fn send_control(conn: &Handle, kind: u8) -> Result<(), CloseReason> {
     s.finish().map_err(reason_of)
 }
 
-/// Cells bound for one stream within a batch.
-struct Group {
-    circ: u32,
-    bytes: BytesMut,
-    /// The batch destroys the circuit: finish its stream after this.
-    last: bool,
-}
-
 /// Takes cells from the node and writes each circuit's to its stream.
 async fn writer(
     mut conn: Handle,
@@ -177,7 +170,7 @@ async fn writer(
     keepalive: Duration,
 ) {
     let mut streams: HashMap<u32, SendStream> = HashMap::new();
-    let mut groups: Vec<Group> = Vec::new();
+    let mut groups: Vec<CircuitBatch> = Vec::new();
     let mut ping = tokio::time::interval(keepalive);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -196,40 +189,13 @@ async fn writer(
             _ = ended.changed() => return,
         };
         // None: the node dropped the link, which closes it gracefully.
-        let mut next = Some(first.unwrap_or(Outgoing::Close));
-        let mut close = false;
-        let mut cells = 0;
         groups.clear();
-        while let Some(o) = next.take() {
-            match o {
-                Outgoing::Cell(c) => {
-                    let circ = c.raw_circ_id();
-                    let destroy = c.raw_command() == CellCommand::Destroy as u8;
-                    let i = match groups.iter().position(|g| g.circ == circ && !g.last) {
-                        Some(i) => i,
-                        None => {
-                            groups.push(Group {
-                                circ,
-                                bytes: BytesMut::with_capacity(CELL_LEN),
-                                last: false,
-                            });
-                            groups.len() - 1
-                        }
-                    };
-                    let g = &mut groups[i];
-                    g.bytes.extend_from_slice(c.as_bytes());
-                    g.last = destroy;
-                    cells += 1;
-                }
-                Outgoing::Close => {
-                    close = true;
-                    break;
-                }
-            }
-            if cells < BATCH_CELLS {
-                next = outgoing.try_recv().ok();
-            }
-        }
+        let close = gather_by_circuit(
+            first.unwrap_or(Outgoing::Close),
+            &mut outgoing,
+            BATCH_CELLS,
+            &mut groups,
+        );
         for g in groups.drain(..) {
             if let Err(e) = write_group(&mut conn, &mut streams, &mut destroyed, g).await {
                 closed.set(e);
@@ -256,7 +222,7 @@ async fn write_group(
     conn: &mut Handle,
     streams: &mut HashMap<u32, SendStream>,
     destroyed: &mut mpsc::UnboundedReceiver<u32>,
-    g: Group,
+    g: CircuitBatch,
 ) -> Result<(), CloseReason> {
     if !streams.contains_key(&g.circ) {
         // At the peer's stream limit this waits for a stream to close, which
