@@ -125,6 +125,8 @@ pub(crate) struct Stream {
     pub datagrams: VecDeque<(TargetAddr, Vec<u8>)>,
     /// A RESOLVE stream rather than a data stream.
     pub resolve_only: bool,
+    /// Queued in its edge's round-robin of streams with data to send.
+    pub in_ready: bool,
 }
 
 impl Stream {
@@ -143,6 +145,7 @@ impl Stream {
             writable_wanted: false,
             datagrams: VecDeque::new(),
             resolve_only: false,
+            in_ready: false,
         }
     }
 

@@ -73,9 +73,14 @@ impl Edge {
         None
     }
 
+    /// Queues a stream for sending unless it is queued already (a flag on
+    /// the stream, not a scan: thousands of streams may share a circuit).
     fn mark_ready(&mut self, id: u16) {
-        if !self.ready.contains(&id) {
-            self.ready.push_back(id);
+        if let Some(s) = self.streams.get_mut(&id) {
+            if !s.in_ready {
+                s.in_ready = true;
+                self.ready.push_back(id);
+            }
         }
     }
 }
@@ -421,6 +426,7 @@ impl Node {
             let Some(s) = edge.streams.get_mut(&id) else {
                 continue;
             };
+            s.in_ready = false;
             let sref = StreamRef { circuit: circ, id };
             if s.wants_to_send() {
                 let n = s.send_buf.len().min(room);
@@ -432,8 +438,10 @@ impl Node {
                     s.writable_wanted = false;
                 }
                 if more {
+                    s.in_ready = true;
                     edge.ready.push_back(id);
                 } else if s.finishing {
+                    s.in_ready = true;
                     edge.ready.push_front(id);
                 }
                 if writable {
