@@ -1,9 +1,10 @@
-//! Grouping the node's queued cells by circuit, for link kinds that carry
-//! each circuit on its own stream (quic, s2n): one write per circuit per
-//! batch instead of one per cell.
+//! Helpers for link kinds that carry each circuit on its own stream (quic,
+//! s2n): grouping the node's queued cells by circuit (one write per circuit
+//! per batch instead of one per cell), and delivering received cells while
+//! telling the writer which circuits the peer destroyed.
 
 use bytes::BytesMut;
-use relay_kernel::{CellCommand, CELL_LEN};
+use relay_kernel::{Cell, CellCommand, CELL_LEN};
 use tokio::sync::mpsc;
 
 use crate::Outgoing;
@@ -59,4 +60,27 @@ pub fn gather_by_circuit(
         }
     }
     false
+}
+
+/// Where a stream reader's cells go.
+pub struct Delivery {
+    /// The node, until it stops listening.
+    pub incoming: Option<mpsc::Sender<Cell>>,
+    /// The writer, told of circuits the peer destroyed (their streams can
+    /// be finished).
+    pub destroyed: mpsc::UnboundedSender<u32>,
+}
+
+impl Delivery {
+    /// Hands a received cell to the node.
+    pub async fn deliver(&mut self, cell: Cell) {
+        if cell.raw_command() == CellCommand::Destroy as u8 {
+            let _ = self.destroyed.send(cell.raw_circ_id());
+        }
+        if let Some(tx) = &self.incoming {
+            if tx.send(cell).await.is_err() {
+                self.incoming = None;
+            }
+        }
+    }
 }

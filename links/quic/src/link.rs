@@ -33,8 +33,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use quinn::{Connection, ConnectionError, RecvStream, SendStream};
-use relay_kernel::{Cell, CellCommand, CELL_LEN};
-use relay_link::batch::{gather_by_circuit, CircuitBatch};
+use relay_kernel::{Cell, CELL_LEN};
+use relay_link::batch::{gather_by_circuit, CircuitBatch, Delivery};
 use relay_link::link::CloseCell;
 use relay_link::{CloseReason, LinkIo, Outgoing};
 use tokio::sync::mpsc;
@@ -296,27 +296,6 @@ async fn receiver(
     closed.set(reason);
     // Readers still running hold senders; stop them so the node sees the end.
     readers.abort_all();
-}
-
-/// Where a stream reader's cells go.
-struct Delivery {
-    /// The node, until it stops listening.
-    incoming: Option<mpsc::Sender<Cell>>,
-    /// The writer, told of circuits the peer destroyed.
-    destroyed: mpsc::UnboundedSender<u32>,
-}
-
-impl Delivery {
-    async fn deliver(&mut self, cell: Cell) {
-        if cell.raw_command() == CellCommand::Destroy as u8 {
-            let _ = self.destroyed.send(cell.raw_circ_id());
-        }
-        if let Some(tx) = &self.incoming {
-            if tx.send(cell).await.is_err() {
-                self.incoming = None;
-            }
-        }
-    }
 }
 
 /// Reads one stream to its end. Cells go to the node (or nowhere once the
