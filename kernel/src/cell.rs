@@ -64,6 +64,11 @@ pub enum CellCommand {
     Relay = 3,
     /// Tears a circuit down; body byte 0 is a [`crate::DestroyReason`].
     Destroy = 4,
+    /// Link-level: the sender's signed descriptor (identity, onion key,
+    /// addresses), sent once when a link comes up so that a neighbour can
+    /// build circuits through the sender. Consumed by the driver; a node
+    /// drops it like padding.
+    LinkInfo = 5,
 }
 
 impl CellCommand {
@@ -75,6 +80,7 @@ impl CellCommand {
             2 => CellCommand::Created,
             3 => CellCommand::Relay,
             4 => CellCommand::Destroy,
+            5 => CellCommand::LinkInfo,
             other => return Err(CellError::UnknownCommand(other)),
         })
     }

@@ -435,7 +435,7 @@ impl Node {
     pub fn handle_cell(&mut self, now: Time, link: LinkId, cell: Cell) {
         self.out.stats.cells_in += 1;
         let (command, circ_id) = match (cell.command(), cell.circ_id()) {
-            (Ok(CellCommand::Padding), _) => {
+            (Ok(CellCommand::Padding | CellCommand::LinkInfo), _) => {
                 self.out.pool.give(cell);
                 return;
             }

@@ -51,6 +51,12 @@ impl Identity {
         NodeId::from_identity_key(&self.public())
     }
 
+    /// Signs `msg` under `context` (domain separation: a signature made for
+    /// one purpose never verifies for another), e.g. a node descriptor.
+    pub fn sign(&self, context: &[u8], msg: &[u8]) -> [u8; 64] {
+        self.key.sign(&[context, msg].concat()).to_bytes()
+    }
+
     /// Certifies a link static key: public key || signature.
     pub fn certify(&self, static_key: &[u8]) -> [u8; CERT_LEN] {
         let sig = self.key.sign(&[CERT_CONTEXT, static_key].concat());
@@ -78,4 +84,19 @@ pub fn verify_cert(cert: &[u8], static_key: &[u8]) -> Result<NodeId, LinkError> 
     )
     .map_err(|_| LinkError::Handshake("bad certificate signature"))?;
     Ok(NodeId::from_identity_key(&public))
+}
+
+/// Checks a signature made by [`Identity::sign`] and returns the signer's
+/// node id.
+pub fn verify_signed(
+    public: &[u8; 32],
+    context: &[u8],
+    msg: &[u8],
+    signature: &[u8; 64],
+) -> Result<NodeId, LinkError> {
+    let key =
+        VerifyingKey::from_bytes(public).map_err(|_| LinkError::Handshake("bad identity key"))?;
+    key.verify_strict(&[context, msg].concat(), &Signature::from_bytes(signature))
+        .map_err(|_| LinkError::Handshake("bad signature"))?;
+    Ok(NodeId::from_identity_key(public))
 }

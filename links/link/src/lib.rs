@@ -21,7 +21,7 @@ pub mod transport;
 pub use addr::{LinkAddr, PeerAddr, Scheme};
 pub use error::LinkError;
 pub use handshake::{Initiator, Responder, Session, StaticKey};
-pub use identity::Identity;
+pub use identity::{verify_signed, Identity};
 pub use link::{
     link_pair, BoxFut, CloseReason, Link, LinkConfig, LinkIo, LinkReceiver, LinkSender, Outgoing,
     Transport,

@@ -1,0 +1,7 @@
+//! relayd: the daemon that wires the sans-IO kernel to real links with
+//! tokio, and serves tunnels, a SOCKS5 proxy, exits, a tracker and a
+//! control port.
+
+pub mod exit_policy;
+pub mod socks5;
+pub mod spec;
