@@ -3,5 +3,6 @@
 //! control port.
 
 pub mod exit_policy;
+pub mod peers;
 pub mod socks5;
 pub mod spec;
