@@ -560,6 +560,16 @@ impl Conn {
         std::mem::take(&mut self.first_sent_since)
     }
 
+    /// Circuit ids of the cells in sent packet `pn` while it is still
+    /// unacknowledged (lets a simulator attribute a lost datagram to the
+    /// circuits whose cells it carried).
+    pub fn packet_circuits(&self, pn: u64) -> impl Iterator<Item = u32> + '_ {
+        self.sent
+            .get(&pn)
+            .into_iter()
+            .flat_map(|s| s.cells.iter().map(|(_, c)| c.raw_circ_id()))
+    }
+
     /// Whether everything sent was acknowledged and nothing waits.
     pub fn is_idle(&self) -> bool {
         self.sent.is_empty() && self.queue.is_empty()

@@ -1,0 +1,309 @@
+//! A simulated host: the real kernel [`Node`] wired to a link core
+//! ([`LinkCore`]) at a virtual address, doing what `relayd`'s driver does
+//! (connections become kernel links, cells move between the two, the
+//! node's `Connect` requests become dials) but in virtual time.
+//!
+//! The host knows nothing of traffic or of the network: it turns inputs
+//! into node events for the application layer and datagrams for the
+//! network. Everything it iterates is ordered (Vec, BTreeMap), so a run
+//! does not depend on hash order.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+
+use relay_kernel::{Event, LinkId, Node, NodeId, Time};
+
+use crate::probe::Probes;
+use crate::transport::{CoreEvent, LinkCore};
+
+/// Cells the host moves from the node into a connection's send queue at
+/// most (like the udt driver's send credit): the rest wait in the node,
+/// which schedules circuits round-robin.
+const CORE_QUEUE_CELLS: usize = 256;
+
+/// What the application layer hears from a host.
+#[derive(Debug)]
+pub enum AppEvent {
+    /// A kernel event for applications (circuits, streams).
+    Node(Event),
+    /// A link to this peer came up (dialled by us or by it).
+    LinkUp(NodeId),
+    /// Dialling this peer failed.
+    LinkFailed(NodeId),
+}
+
+/// A datagram leaving a host.
+pub struct Datagram {
+    /// Destination.
+    pub to: SocketAddr,
+    /// Bytes (UDP payload).
+    pub data: Vec<u8>,
+    /// Circuits whose cells it carries (only for probed links).
+    pub circuits: Vec<u32>,
+}
+
+/// Resolves node ids to addresses (the simulation's directory).
+pub trait Directory {
+    /// The address of a node, if it exists.
+    fn addr_of(&self, id: &NodeId) -> Option<SocketAddr>;
+}
+
+/// One simulated host.
+pub struct Host {
+    /// Index in the simulation.
+    pub index: usize,
+    /// Virtual address.
+    pub addr: SocketAddr,
+    /// Whether it is running (not crashed).
+    pub up: bool,
+    /// Bumped at every restart: stale timers are ignored.
+    pub incarnation: u32,
+    /// The kernel.
+    pub node: Node,
+    /// The link protocol.
+    pub core: Box<dyn LinkCore>,
+    links: BTreeMap<SocketAddr, LinkId>,
+    addr_of: BTreeMap<LinkId, SocketAddr>,
+    next_link: u64,
+    blocked: BTreeSet<LinkId>,
+    dialing: BTreeMap<SocketAddr, NodeId>,
+    /// The wake-up currently scheduled for this host.
+    pub timer: Option<Time>,
+    /// Cells retransmitted by the link core (all incarnations).
+    pub retransmitted: u64,
+    retx_seen: BTreeMap<SocketAddr, u64>,
+    /// Relay cells forwarded by earlier incarnations.
+    pub relayed_before: u64,
+    buf: Vec<u8>,
+}
+
+impl Host {
+    /// A running host.
+    pub fn new(index: usize, addr: SocketAddr, node: Node, core: Box<dyn LinkCore>) -> Host {
+        Host {
+            index,
+            addr,
+            up: true,
+            incarnation: 0,
+            node,
+            core,
+            links: BTreeMap::new(),
+            addr_of: BTreeMap::new(),
+            next_link: 1,
+            blocked: BTreeSet::new(),
+            dialing: BTreeMap::new(),
+            timer: None,
+            retransmitted: 0,
+            retx_seen: BTreeMap::new(),
+            relayed_before: 0,
+            buf: Vec::with_capacity(2048),
+        }
+    }
+
+    /// Replaces the node and link core after a crash (all state is lost;
+    /// keys are the caller's choice).
+    pub fn restart(&mut self, node: Node, core: Box<dyn LinkCore>) {
+        self.relayed_before += self.node.stats().cells_relayed;
+        self.node = node;
+        self.core = core;
+        self.links.clear();
+        self.addr_of.clear();
+        self.blocked.clear();
+        self.dialing.clear();
+        self.retx_seen.clear();
+        self.incarnation += 1;
+        self.up = true;
+        self.timer = None;
+    }
+
+    /// Relay cells forwarded over the host's life.
+    pub fn cells_relayed(&self) -> u64 {
+        self.relayed_before + self.node.stats().cells_relayed
+    }
+
+    /// The kernel link to `peer`, if one is up.
+    pub fn link_to(&self, peer: &NodeId) -> Option<LinkId> {
+        self.node.link_to(peer)
+    }
+
+    /// Starts a connection to `peer` at `addr` unless one is being made.
+    /// False if the link core refused to dial.
+    pub fn dial(&mut self, now: Time, addr: SocketAddr, peer: NodeId) -> bool {
+        if self.dialing.contains_key(&addr) {
+            return true;
+        }
+        if self.core.connect(now, addr, peer) {
+            self.dialing.insert(addr, peer);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A datagram arrived from `from`.
+    pub fn receive(&mut self, now: Time, from: SocketAddr, data: &mut [u8]) {
+        self.core.handle_datagram(now, from, data);
+    }
+
+    /// Runs due timers.
+    pub fn run_timers(&mut self, now: Time) {
+        if self.core.poll_timeout().is_some_and(|t| t <= now) {
+            self.core.handle_timeout(now);
+        }
+        if self.node.poll_timeout().is_some_and(|t| t <= now) {
+            self.node.handle_timeout(now);
+        }
+    }
+
+    /// Moves link events and received cells into the node and collects
+    /// what the application layer must see. `from` is the peer a datagram
+    /// just came from (only its connection can have new cells).
+    pub fn exchange(
+        &mut self,
+        now: Time,
+        from: Option<SocketAddr>,
+        dir: &dyn Directory,
+        probes: &mut Probes,
+        app: &mut Vec<AppEvent>,
+    ) {
+        let mut fresh: VecDeque<SocketAddr> = from.into_iter().collect();
+        loop {
+            let mut progress = false;
+            while let Some(ev) = self.core.poll_event() {
+                progress = true;
+                match ev {
+                    CoreEvent::Connected {
+                        addr,
+                        peer,
+                        initiator,
+                    } => {
+                        if let Some(old) = self.links.remove(&addr) {
+                            self.addr_of.remove(&old);
+                            self.blocked.remove(&old);
+                            self.node.link_down(now, old);
+                        }
+                        let link = LinkId(self.next_link);
+                        self.next_link += 1;
+                        self.links.insert(addr, link);
+                        self.addr_of.insert(link, addr);
+                        self.dialing.remove(&addr);
+                        self.node.link_up(now, link, peer, initiator);
+                        app.push(AppEvent::LinkUp(peer));
+                        fresh.push_back(addr);
+                    }
+                    CoreEvent::ConnectFailed { addr } => {
+                        if let Some(peer) = self.dialing.remove(&addr) {
+                            self.node.link_failed(now, peer);
+                            app.push(AppEvent::LinkFailed(peer));
+                        }
+                    }
+                    CoreEvent::Closed { addr } => {
+                        self.retx_seen.remove(&addr);
+                        if let Some(link) = self.links.remove(&addr) {
+                            self.addr_of.remove(&link);
+                            self.blocked.remove(&link);
+                            self.node.link_down(now, link);
+                        }
+                    }
+                }
+            }
+            while let Some(addr) = fresh.pop_front() {
+                let Some(&link) = self.links.get(&addr) else {
+                    continue;
+                };
+                let probe = probes.index(addr, self.addr);
+                while let Some(cell) = self.core.pop_ready(&addr) {
+                    if let Some(p) = probe {
+                        probes.delivered(p, now, cell.raw_circ_id());
+                    }
+                    self.node.handle_cell(now, link, cell);
+                    progress = true;
+                }
+            }
+            while let Some(ev) = self.node.poll_event() {
+                progress = true;
+                match ev {
+                    Event::Connect { node: peer, .. } => match dir.addr_of(&peer) {
+                        Some(addr) => {
+                            if !self.dial(now, addr, peer) {
+                                self.node.link_failed(now, peer);
+                            }
+                        }
+                        None => self.node.link_failed(now, peer),
+                    },
+                    other => app.push(AppEvent::Node(other)),
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
+    }
+
+    /// Moves cells from the node into connections and collects the
+    /// datagrams the link core sends now.
+    pub fn flush(&mut self, now: Time, probes: &mut Probes, out: &mut Vec<Datagram>) {
+        while let Some(l) = self.node.poll_ready_link() {
+            self.blocked.insert(l);
+        }
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            let links: Vec<LinkId> = self.blocked.iter().copied().collect();
+            for link in links {
+                let Some(addr) = self.addr_of.get(&link).copied() else {
+                    self.blocked.remove(&link);
+                    continue;
+                };
+                let probe = probes.index(self.addr, addr);
+                loop {
+                    match self.core.queued_cells(&addr) {
+                        Some(n) if n < CORE_QUEUE_CELLS => {}
+                        Some(_) => break,
+                        None => {
+                            self.blocked.remove(&link);
+                            break;
+                        }
+                    }
+                    let Some(cell) = self.node.poll_transmit(link) else {
+                        self.blocked.remove(&link);
+                        break;
+                    };
+                    if let Some(p) = probe {
+                        probes.queued(p, now, cell.raw_circ_id());
+                    }
+                    if let Err(cell) = self.core.queue_cell(&addr, cell) {
+                        self.node.recycle(cell);
+                    }
+                }
+            }
+            let before = out.len();
+            while let Some(to) = self.core.poll_transmit(now, &mut self.buf) {
+                let mut circuits = Vec::new();
+                if probes.index(self.addr, to).is_some() {
+                    self.core.datagram_circuits(&to, &self.buf, &mut circuits);
+                }
+                let total = self.core.retransmitted(&to);
+                let seen = self.retx_seen.entry(to).or_insert(0);
+                self.retransmitted += total.saturating_sub(*seen);
+                *seen = total;
+                out.push(Datagram {
+                    to,
+                    data: self.buf.clone(),
+                    circuits,
+                });
+            }
+            if out.len() == before || self.blocked.is_empty() || rounds > 64 {
+                break;
+            }
+        }
+    }
+
+    /// When the host must wake up next.
+    pub fn next_wake(&self) -> Option<Time> {
+        match (self.core.poll_timeout(), self.node.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}

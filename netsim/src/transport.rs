@@ -1,0 +1,171 @@
+//! The link protocol a simulated host runs, behind one small trait so the
+//! host code does not care whether it drives the real udt core or the TCP
+//! comparison model.
+//!
+//! [`UdtCore`] adapts the real `relay-link-udt` sans-IO [`Endpoint`]
+//! (Noise handshake, AEAD per datagram, selective ACKs, per-circuit
+//! ordering, CUBIC with pacing) without changing its behaviour.
+
+use std::net::SocketAddr;
+
+use relay_kernel::{Cell, NodeId, Time};
+use relay_link::{Identity, StaticKey};
+use relay_link_udt::conn::ConnConfig;
+use relay_link_udt::endpoint::{Endpoint, EndpointConfig, EndpointEvent};
+use relay_link_udt::packet::{DATA, DATA_HEADER};
+
+use crate::error::SimError;
+
+/// What a link core reports to its host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CoreEvent {
+    /// A connection is up and authenticated.
+    Connected {
+        /// Peer address.
+        addr: SocketAddr,
+        /// Peer node.
+        peer: NodeId,
+        /// Whether we dialled.
+        initiator: bool,
+    },
+    /// A dial failed.
+    ConnectFailed {
+        /// Peer address.
+        addr: SocketAddr,
+    },
+    /// A connection ended.
+    Closed {
+        /// Peer address.
+        addr: SocketAddr,
+    },
+}
+
+/// A sans-IO link protocol endpoint: one per simulated host.
+pub trait LinkCore {
+    /// Name of the link kind, for reports.
+    fn kind(&self) -> &'static str;
+    /// Dials `addr`, expecting `expected`. False if it cannot start.
+    fn connect(&mut self, now: Time, addr: SocketAddr, expected: NodeId) -> bool;
+    /// A datagram arrived.
+    fn handle_datagram(&mut self, now: Time, from: SocketAddr, data: &mut [u8]);
+    /// The next datagram to send, if any.
+    fn poll_transmit(&mut self, now: Time, out: &mut Vec<u8>) -> Option<SocketAddr>;
+    /// When `handle_timeout` should run next.
+    fn poll_timeout(&self) -> Option<Time>;
+    /// Runs timers.
+    fn handle_timeout(&mut self, now: Time);
+    /// The next event.
+    fn poll_event(&mut self) -> Option<CoreEvent>;
+    /// Cells waiting to be sent to `addr` (None: no connection).
+    fn queued_cells(&mut self, addr: &SocketAddr) -> Option<usize>;
+    /// Queues a cell for `addr`; gives it back if there is no connection.
+    fn queue_cell(&mut self, addr: &SocketAddr, cell: Cell) -> Result<(), Cell>;
+    /// A cell received from `addr`, in the order the link delivers.
+    fn pop_ready(&mut self, addr: &SocketAddr) -> Option<Cell>;
+    /// Cells retransmitted on the connection to `addr` so far.
+    fn retransmitted(&mut self, addr: &SocketAddr) -> u64;
+    /// Circuit ids of the cells in a datagram just sent to `to`.
+    fn datagram_circuits(&mut self, to: &SocketAddr, datagram: &[u8], out: &mut Vec<u32>);
+}
+
+/// The real udt endpoint.
+pub struct UdtCore {
+    ep: Endpoint,
+}
+
+impl UdtCore {
+    /// A udt endpoint for `identity`; `secret` seeds its cookie key and
+    /// hash tables; `max_datagram` is the UDP payload limit.
+    pub fn new(
+        identity: &Identity,
+        secret: [u8; 32],
+        max_datagram: usize,
+    ) -> Result<Self, SimError> {
+        let key = StaticKey::new(identity).map_err(|e| SimError::Link(e.to_string()))?;
+        let config = EndpointConfig {
+            conn: ConnConfig {
+                max_datagram,
+                ..ConnConfig::default()
+            },
+            ..EndpointConfig::default()
+        };
+        Ok(UdtCore {
+            ep: Endpoint::new(key, config, secret),
+        })
+    }
+}
+
+impl LinkCore for UdtCore {
+    fn kind(&self) -> &'static str {
+        "udt"
+    }
+
+    fn connect(&mut self, now: Time, addr: SocketAddr, expected: NodeId) -> bool {
+        self.ep.connect(now, addr, expected).is_ok()
+    }
+
+    fn handle_datagram(&mut self, now: Time, from: SocketAddr, data: &mut [u8]) {
+        self.ep.handle_datagram(now, from, data);
+    }
+
+    fn poll_transmit(&mut self, now: Time, out: &mut Vec<u8>) -> Option<SocketAddr> {
+        self.ep.poll_transmit(now, out)
+    }
+
+    fn poll_timeout(&self) -> Option<Time> {
+        self.ep.poll_timeout()
+    }
+
+    fn handle_timeout(&mut self, now: Time) {
+        self.ep.handle_timeout(now);
+    }
+
+    fn poll_event(&mut self) -> Option<CoreEvent> {
+        self.ep.poll_event().map(|ev| match ev {
+            EndpointEvent::Connected {
+                addr,
+                peer,
+                initiator,
+            } => CoreEvent::Connected {
+                addr,
+                peer,
+                initiator,
+            },
+            EndpointEvent::ConnectFailed { addr, .. } => CoreEvent::ConnectFailed { addr },
+            EndpointEvent::Closed { addr, .. } => CoreEvent::Closed { addr },
+        })
+    }
+
+    fn queued_cells(&mut self, addr: &SocketAddr) -> Option<usize> {
+        self.ep.conn(addr).map(|c| c.queued_cells())
+    }
+
+    fn queue_cell(&mut self, addr: &SocketAddr, cell: Cell) -> Result<(), Cell> {
+        match self.ep.conn(addr) {
+            Some(c) => {
+                c.queue_cell(cell);
+                Ok(())
+            }
+            None => Err(cell),
+        }
+    }
+
+    fn pop_ready(&mut self, addr: &SocketAddr) -> Option<Cell> {
+        self.ep.conn(addr)?.pop_ready()
+    }
+
+    fn retransmitted(&mut self, addr: &SocketAddr) -> u64 {
+        self.ep.conn(addr).map_or(0, |c| c.retransmitted_cells)
+    }
+
+    fn datagram_circuits(&mut self, to: &SocketAddr, datagram: &[u8], out: &mut Vec<u32>) {
+        if datagram.first() != Some(&DATA) || datagram.len() < DATA_HEADER {
+            return;
+        }
+        let mut pn = [0u8; 8];
+        pn.copy_from_slice(&datagram[1..DATA_HEADER]);
+        if let Some(c) = self.ep.conn(to) {
+            out.extend(c.packet_circuits(u64::from_be_bytes(pn)));
+        }
+    }
+}
