@@ -314,13 +314,12 @@ mod tests {
         assert_eq!(p.carry(Time(0), 1001), Fate::TooBig);
         let mut last = Time(0);
         for i in 0..1000 {
-            match p.carry(Time(i * 1000), 500) {
-                Fate::Arrives(t, None) => {
-                    assert!(t >= last);
-                    last = t;
-                }
-                other => panic!("{other:?}"),
-            }
+            let fate = p.carry(Time(i * 1000), 500);
+            let Fate::Arrives(t, None) = fate else {
+                unreachable!("{fate:?}")
+            };
+            assert!(t >= last);
+            last = t;
         }
     }
 

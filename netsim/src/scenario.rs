@@ -327,7 +327,7 @@ impl Scenario {
 
     fn validate(&self) -> Result<(), SimError> {
         let bad = |m: String| Err(SimError::Invalid(m));
-        if !(self.duration_s > 0.0) {
+        if self.duration_s.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
             return bad("duration_s must be positive".into());
         }
         if self.link != "udt" && self.link != "tcp" {

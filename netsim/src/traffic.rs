@@ -506,10 +506,10 @@ impl Traffic {
             Event::StreamRequest { stream, target, .. } => {
                 self.on_request(now, h, stream, target, sched)
             }
-            Event::StreamWritable(s) => {
-                if self.servers.get(&host).is_some_and(|m| m.contains_key(&s)) {
-                    self.writable.entry(host).or_default().insert(s);
-                }
+            Event::StreamWritable(s)
+                if self.servers.get(&host).is_some_and(|m| m.contains_key(&s)) =>
+            {
+                self.writable.entry(host).or_default().insert(s);
             }
             _ => {}
         }

@@ -1,0 +1,26 @@
+//! The shipped `quick` scenario: every transfer completes, byte-exact.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use relay_netsim::output::{find_scenario, run};
+
+#[test]
+fn quick_scenario_completes_every_transfer_byte_exact() {
+    let s = find_scenario("quick").unwrap();
+    let r = run(s, 1, |_, _| {}).unwrap();
+    let res = &r.results;
+    assert!(res.transfers >= 20, "only {} transfers", res.transfers);
+    assert_eq!(res.unfinished, 0, "transfers still running at the end");
+    assert_eq!(res.ok, res.transfers, "errors: {:?}", res.errors);
+    for t in &r.sim.traffic.transfers {
+        assert!(
+            t.ok() && t.received == t.size,
+            "transfer {} incomplete",
+            t.id
+        );
+        assert!(t.first_byte.is_some() && t.last_byte.is_some());
+    }
+    // Every size label was exercised and the network did relay.
+    assert_eq!(res.by_size.len(), 2);
+    assert!(res.relays.cells_relayed > 0);
+}
