@@ -2,6 +2,7 @@
 //! tokio, and serves tunnels, a SOCKS5 proxy, exits, a tracker and a
 //! control port.
 
+pub mod config;
 pub mod descriptor;
 pub mod exit_policy;
 pub mod peers;
