@@ -108,6 +108,15 @@ impl LinkSender {
     }
 
     /// Closes gracefully: everything queued before is delivered first.
+    /// Waits until the link can take at least one more cell.
+    pub async fn ready(&self) -> Result<(), LinkError> {
+        self.tx
+            .reserve()
+            .await
+            .map(|_permit| ())
+            .map_err(|_| LinkError::Closed)
+    }
+
     pub async fn close(&self) {
         let _ = self.tx.send(Outgoing::Close).await;
     }

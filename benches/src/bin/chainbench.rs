@@ -1,0 +1,384 @@
+//! chainbench: a 3-hop relayd path against a plain 3-forwarder TCP chain,
+//! both as real processes on 127.0.0.1, measured in the same run.
+//!
+//! Build relayd first, then run:
+//!   cargo build --release -p relayd
+//!   cargo run --release -p relay-benches --bin chainbench [-- --link udt --bulk-mb 400]
+//!
+//! Reports bulk throughput (download, one connection), time to first and
+//! last byte for 50 KiB / 1 MiB / 5 MiB (new connection each, so relayd's
+//! figures include building a circuit), connection setup time, CPU seconds
+//! per GB summed over the chain's processes, and RSS (idle, peak, and with
+//! 1,000 open circuits).
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn relayd_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("RELAYD_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.with_file_name("relayd")
+}
+
+/// CPU ticks (user + system) of a process.
+fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    let Some(rest) = s.rsplit(')').next() else {
+        return 0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    // Fields 14 and 15 of stat (utime, stime) are at 11 and 12 after ')'.
+    t(11) + t(12)
+}
+
+fn ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    #[allow(unsafe_code)]
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// VmRSS and VmHWM in KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let get = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (get("VmRSS:"), get("VmHWM:"))
+}
+
+struct Proc {
+    child: Child,
+    lines: Vec<String>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(bin: &PathBuf, args: &[&str]) -> Proc {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    let mut out = child.stdout.take().map(std::io::BufReader::new);
+    let mut lines = Vec::new();
+    if let Some(out) = out.as_mut() {
+        use std::io::BufRead;
+        let mut l = String::new();
+        while out.read_line(&mut l).map(|n| n > 0).unwrap_or(false) {
+            let t = l.trim().to_string();
+            l.clear();
+            if t == "ready" {
+                break;
+            }
+            lines.push(t);
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    if let Some(mut out) = out {
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = out.read_to_end(&mut sink);
+        });
+    }
+    Proc { child, lines }
+}
+
+fn field<'a>(p: &'a Proc, key: &str) -> &'a str {
+    p.lines
+        .iter()
+        .find_map(|l| l.strip_prefix(key).map(str::trim))
+        .unwrap_or_else(|| panic!("no `{key}` line in {:?}", p.lines))
+}
+
+/// The server: reads an 8-byte length, sends that many bytes, closes.
+fn source_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            std::thread::spawn(move || {
+                let mut len = [0u8; 8];
+                if c.read_exact(&mut len).is_err() {
+                    return;
+                }
+                let mut left = u64::from_be_bytes(len);
+                let buf = vec![0x5au8; 64 * 1024];
+                while left > 0 {
+                    let k = left.min(buf.len() as u64) as usize;
+                    if c.write_all(&buf[..k]).is_err() {
+                        return;
+                    }
+                    left -= k as u64;
+                }
+                let _ = c.shutdown(Shutdown::Write);
+                let mut sink = [0u8; 16];
+                let _ = c.read(&mut sink);
+            });
+        }
+    });
+    addr
+}
+
+/// The plain forwarder: accept, connect `next`, copy both ways (run as a
+/// child process so its CPU and RSS are measured like relayd's).
+fn forwarder(listen: &str, next: &str) -> ! {
+    let l = TcpListener::bind(listen).expect("bind");
+    println!("listen {}", l.local_addr().expect("addr"));
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    let next: SocketAddr = next.parse().expect("next");
+    for c in l.incoming() {
+        let Ok(a) = c else { continue };
+        std::thread::spawn(move || {
+            let Ok(b) = TcpStream::connect(next) else {
+                return;
+            };
+            let _ = a.set_nodelay(true);
+            let _ = b.set_nodelay(true);
+            let (mut a2, mut b2) = match (a.try_clone(), b.try_clone()) {
+                (Ok(x), Ok(y)) => (x, y),
+                _ => return,
+            };
+            let t = std::thread::spawn(move || {
+                let _ = std::io::copy(&mut a2, &mut b2);
+                let _ = b2.shutdown(Shutdown::Write);
+            });
+            let (mut a, mut b) = (a, b);
+            let _ = std::io::copy(&mut b, &mut a);
+            let _ = a.shutdown(Shutdown::Write);
+            let _ = t.join();
+        });
+    }
+    std::process::exit(0)
+}
+
+/// One fetch of `len` bytes through `entry`: (time to first byte, to last).
+fn fetch(entry: SocketAddr, len: u64) -> Option<(Duration, Duration)> {
+    let start = Instant::now();
+    let mut c = TcpStream::connect(entry).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    c.write_all(&len.to_be_bytes()).ok()?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0u64;
+    let mut first = None;
+    while got < len {
+        let n = c.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        if first.is_none() {
+            first = Some(start.elapsed());
+        }
+        got += n as u64;
+    }
+    Some((first?, start.elapsed()))
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+struct Chain {
+    name: String,
+    entry: SocketAddr,
+    procs: Vec<Proc>,
+}
+
+impl Chain {
+    fn cpu(&self) -> u64 {
+        self.procs.iter().map(|p| cpu_ticks(p.child.id())).sum()
+    }
+}
+
+fn plain_chain(server: SocketAddr) -> Chain {
+    let me = std::env::current_exe().expect("exe");
+    let mut next = server.to_string();
+    let mut procs = Vec::new();
+    for _ in 0..3 {
+        let p = spawn(&me, &["--forwarder", "127.0.0.1:0", &next]);
+        next = field(&p, "listen").to_string();
+        procs.push(p);
+    }
+    Chain {
+        name: "plain TCP chain".into(),
+        entry: next.parse().expect("entry"),
+        procs,
+    }
+}
+
+fn relayd_chain(server: SocketAddr, link: &str) -> Chain {
+    let bin = relayd_bin();
+    let listen = format!("{link}://127.0.0.1:0");
+    let mut procs = Vec::new();
+    let mut hops = Vec::new();
+    for i in 0..3 {
+        let mut args = vec!["run", "--listen", listen.as_str()];
+        if i == 2 {
+            args.extend_from_slice(&["--exit-policy", "accept 127.0.0.1:*"]);
+        }
+        let p = spawn(&bin, &args);
+        hops.push(field(&p, "listen").to_string());
+        procs.push(p);
+    }
+    let spec = format!("127.0.0.1:0>{}>{}", hops.join(">"), server);
+    let client = spawn(&bin, &["tunnel", &spec]);
+    let entry = field(&client, "tunnel").parse().expect("tunnel addr");
+    procs.push(client);
+    Chain {
+        name: format!("relayd 3 hops ({link})"),
+        entry,
+        procs,
+    }
+}
+
+struct Report {
+    mbit: f64,
+    cpu_per_gb: f64,
+    ttfb: Vec<(u64, Duration, Duration)>,
+    setup: Duration,
+}
+
+fn measure(chain: &Chain, bulk: u64, reps: usize) -> Report {
+    // Warm up (and build the first circuit) before timing.
+    let _ = fetch(chain.entry, 1 << 20);
+    let cpu0 = chain.cpu();
+    let t = Instant::now();
+    let ok = fetch(chain.entry, bulk).is_some();
+    let secs = t.elapsed().as_secs_f64();
+    let cpu = (chain.cpu() - cpu0) as f64 / ticks_per_sec();
+    let gb = bulk as f64 / 1e9;
+    let mbit = if ok { bulk as f64 * 8.0 / secs / 1e6 } else { 0.0 };
+    let mut ttfb = Vec::new();
+    for size in [50u64 << 10, 1 << 20, 5 << 20] {
+        let mut firsts = Vec::new();
+        let mut lasts = Vec::new();
+        for _ in 0..reps {
+            if let Some((f, l)) = fetch(chain.entry, size) {
+                firsts.push(f);
+                lasts.push(l);
+            }
+        }
+        ttfb.push((size, median(firsts), median(lasts)));
+    }
+    let mut setups = Vec::new();
+    for _ in 0..reps {
+        if let Some((f, _)) = fetch(chain.entry, 1) {
+            setups.push(f);
+        }
+    }
+    Report {
+        mbit,
+        cpu_per_gb: cpu / gb,
+        ttfb,
+        setup: median(setups),
+    }
+}
+
+/// Opens `n` tunnel connections (each its own circuit) and holds them.
+fn hold_circuits(entry: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        if let Ok(mut c) = TcpStream::connect(entry) {
+            // Ask for 1 byte so the stream is really open end to end.
+            let _ = c.write_all(&1u64.to_be_bytes());
+            v.push(c);
+        }
+    }
+    for c in v.iter_mut() {
+        let _ = c.set_read_timeout(Some(Duration::from_secs(30)));
+        let mut b = [0u8; 1];
+        let _ = c.read(&mut b);
+    }
+    v
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--forwarder") {
+        forwarder(&args[2], &args[3]);
+    }
+    let opt = |k: &str| {
+        args.iter()
+            .position(|a| a == k)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let link = opt("--link").unwrap_or_else(|| "udt".into());
+    let bulk: u64 = opt("--bulk-mb").and_then(|s| s.parse().ok()).unwrap_or(400) << 20;
+    let reps: usize = opt("--reps").and_then(|s| s.parse().ok()).unwrap_or(9);
+    let circuits: usize = opt("--circuits").and_then(|s| s.parse().ok()).unwrap_or(1000);
+    if !relayd_bin().exists() {
+        eprintln!(
+            "chainbench: {} not found; run `cargo build --release -p relayd` first or set RELAYD_BIN",
+            relayd_bin().display()
+        );
+        std::process::exit(2);
+    }
+    let server = source_server();
+    let plain = plain_chain(server);
+    let relay = relayd_chain(server, &link);
+    let idle: Vec<u64> = relay.procs.iter().map(|p| rss_kib(p.child.id()).0).collect();
+    let rp = measure(&plain, bulk, reps);
+    let rr = measure(&relay, bulk, reps);
+    println!("chainbench: bulk {} MiB, {reps} reps per size, link {link}", bulk >> 20);
+    println!(
+        "{:<28} {:>10} {:>12} {:>12}",
+        "chain", "Mbit/s", "CPU s/GB", "setup ms"
+    );
+    for (c, r) in [(&plain, &rp), (&relay, &rr)] {
+        println!(
+            "{:<28} {:>10.0} {:>12.2} {:>12.1}",
+            c.name,
+            r.mbit,
+            r.cpu_per_gb,
+            r.setup.as_secs_f64() * 1e3
+        );
+    }
+    println!("throughput ratio relayd/plain: {:.2}", rr.mbit / rp.mbit.max(1e-9));
+    println!("{:<10} {:>14} {:>14} {:>14} {:>14}", "size", "plain TTFB ms", "plain TTLB ms", "relayd TTFB ms", "relayd TTLB ms");
+    for (a, b) in rp.ttfb.iter().zip(&rr.ttfb) {
+        println!(
+            "{:<10} {:>14.1} {:>14.1} {:>14.1} {:>14.1}",
+            format!("{} KiB", a.0 >> 10),
+            a.1.as_secs_f64() * 1e3,
+            a.2.as_secs_f64() * 1e3,
+            b.1.as_secs_f64() * 1e3,
+            b.2.as_secs_f64() * 1e3
+        );
+    }
+    let peak: Vec<u64> = relay.procs.iter().map(|p| rss_kib(p.child.id()).1).collect();
+    println!("relayd RSS idle KiB (relay1, relay2, exit, client): {idle:?}");
+    println!("relayd RSS peak KiB after the transfers:              {peak:?}");
+    let held = hold_circuits(relay.entry, circuits);
+    std::thread::sleep(Duration::from_millis(500));
+    let with: Vec<u64> = relay.procs.iter().map(|p| rss_kib(p.child.id()).0).collect();
+    println!(
+        "relayd RSS KiB with {} open circuits:                 {with:?}",
+        held.len()
+    );
+}

@@ -1,0 +1,323 @@
+//! The driver task: cells from links into the node, cells from the node
+//! onto links, kernel timers, and kernel events dispatched to waiting
+//! handles or to the services (exit, tracker, messages).
+//!
+//! Backpressure: a link whose channel is full keeps its next cell in a stash
+//! and is not drained again until the link signals room, so a slow link
+//! makes the kernel's per-circuit queues (bounded) hold the cells, and the
+//! kernel's end-to-end windows slow the senders.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::{BoxStream, FuturesUnordered, SelectAll};
+use futures::{FutureExt, StreamExt};
+use relay_kernel::{Cell, CellCommand, Event, LinkId, NodeId, StreamKind};
+use relay_link::{Link, LinkAddr};
+use tokio::sync::mpsc;
+
+use super::{Daemon, Inner, LinkSlot, State};
+use crate::descriptor::Descriptor;
+
+/// Cells handled per lock acquisition before output is flushed.
+const BATCH: usize = 128;
+
+type LinkRx = BoxStream<'static, (LinkId, Option<Cell>)>;
+
+fn async_stream(
+    id: LinkId,
+    rx: relay_link::LinkReceiver,
+) -> impl futures::Stream<Item = (LinkId, Option<Cell>)> + Send {
+    futures::stream::unfold(Some(rx), move |rx| async move {
+        let mut rx = rx?;
+        match rx.recv().await {
+            Some(cell) => Some(((id, Some(cell)), Some(rx))),
+            None => Some(((id, None), None)),
+        }
+    })
+}
+
+/// Runs until the process ends.
+pub(super) async fn run(inner: Arc<Inner>, mut new_links: mpsc::UnboundedReceiver<Link>) {
+    let mut links: SelectAll<LinkRx> = SelectAll::new();
+    let mut room: FuturesUnordered<BoxFuture<'static, LinkId>> = FuturesUnordered::new();
+    loop {
+        let deadline = {
+            let st = inner.lock();
+            st.node.poll_timeout()
+        }
+        .map(|t| tokio::time::Instant::from_std(inner.start) + Duration::from_nanos(t.0))
+        .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            Some(link) = new_links.recv() => {
+                let mut st = inner.lock();
+                register(&inner, &mut st, link, &mut links);
+            }
+            Some((id, cell)) = links.next(), if !links.is_empty() => {
+                let mut st = inner.lock();
+                let mut next = Some((id, cell));
+                let mut n = 0;
+                while let Some((id, cell)) = next.take() {
+                    match cell {
+                        Some(cell) => incoming(&inner, &mut st, id, cell),
+                        None => link_closed(&inner, &mut st, id),
+                    }
+                    n += 1;
+                    if n < BATCH {
+                        next = links.next().now_or_never().flatten();
+                    }
+                }
+            }
+            Some(id) = room.next(), if !room.is_empty() => {
+                let mut st = inner.lock();
+                if let Some(l) = st.links.get_mut(&id) {
+                    l.blocked = false;
+                }
+                flush_link(&mut st, id, &mut room);
+            }
+            _ = inner.wake.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                let mut st = inner.lock();
+                let now = inner.now();
+                st.node.handle_timeout(now);
+            }
+        }
+        let mut st = inner.lock();
+        dispatch_events(&inner, &mut st);
+        while let Some(id) = st.node.poll_ready_link() {
+            flush_link(&mut st, id, &mut room);
+        }
+    }
+}
+
+fn register(inner: &Arc<Inner>, st: &mut State, link: Link, links: &mut SelectAll<LinkRx>) {
+    let Link {
+        peer,
+        remote,
+        initiator,
+        tx,
+        rx,
+    } = link;
+    let id = LinkId(st.next_link);
+    st.next_link += 1;
+    // Our descriptor first, so the neighbour can build circuits through us.
+    let desc = inner
+        .descriptor
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if desc.len() <= relay_kernel::BODY_LEN {
+        let mut cell = Cell::new(0, CellCommand::LinkInfo);
+        cell.body_mut()[..desc.len()].copy_from_slice(&desc);
+        let _ = tx.try_send(cell);
+    }
+    let now = inner.now();
+    st.node.link_up(now, id, peer, initiator);
+    st.links.insert(
+        id,
+        LinkSlot {
+            tx,
+            peer,
+            remote,
+            initiator,
+            stash: None,
+            blocked: false,
+        },
+    );
+    links.push(Box::pin(async_stream(id, rx)));
+    st.connecting.remove(&peer);
+    for w in st.link_waiters.remove(&peer).unwrap_or_default() {
+        let _ = w.send(Ok(id));
+    }
+    tracing::debug!(%peer, %remote, initiator, "link up");
+}
+
+fn incoming(inner: &Arc<Inner>, st: &mut State, id: LinkId, cell: Cell) {
+    if cell.command() == Ok(CellCommand::LinkInfo) {
+        let Some(peer) = st.links.get(&id).map(|l| l.peer) else {
+            return;
+        };
+        match Descriptor::decode(cell.body()) {
+            Ok(d) if d.node_id() == peer => {
+                Daemon {
+                    inner: inner.clone(),
+                }
+                .learn(d);
+            }
+            Ok(_) => tracing::debug!(%peer, "link info names another node; ignored"),
+            Err(e) => tracing::debug!(%peer, "bad link info: {e}"),
+        }
+        return;
+    }
+    let now = inner.now();
+    st.node.handle_cell(now, id, cell);
+}
+
+fn link_closed(inner: &Arc<Inner>, st: &mut State, id: LinkId) {
+    if let Some(l) = st.links.remove(&id) {
+        tracing::debug!(peer = %l.peer, "link down");
+    }
+    let now = inner.now();
+    st.node.link_down(now, id);
+}
+
+fn flush_link(st: &mut State, id: LinkId, room: &mut FuturesUnordered<BoxFuture<'static, LinkId>>) {
+    let State { node, links, .. } = st;
+    let Some(l) = links.get_mut(&id) else {
+        // Link gone: drop what the node had for it.
+        while let Some(c) = node.poll_transmit(id) {
+            node.recycle(c);
+        }
+        return;
+    };
+    if l.blocked {
+        return;
+    }
+    loop {
+        let cell = match l.stash.take() {
+            Some(c) => c,
+            None => match node.poll_transmit(id) {
+                Some(c) => c,
+                None => return,
+            },
+        };
+        match l.tx.try_send(cell) {
+            Ok(()) => {}
+            Err(Some(cell)) => {
+                l.stash = Some(cell);
+                l.blocked = true;
+                let tx = l.tx.clone();
+                room.push(
+                    async move {
+                        let _ = tx.ready().await;
+                        id
+                    }
+                    .boxed(),
+                );
+                return;
+            }
+            // Closed: the link task is gone; its receiver will end shortly
+            // and `link_closed` cleans up.
+            Err(None) => return,
+        }
+    }
+}
+
+fn dispatch_events(inner: &Arc<Inner>, st: &mut State) {
+    while let Some(ev) = st.node.poll_event() {
+        match ev {
+            Event::CircuitReady(c) => {
+                if let Some(w) = st.circuit_waiters.remove(&c) {
+                    let _ = w.send(Ok(()));
+                }
+            }
+            Event::CircuitClosed { circuit, reason } => {
+                if let Some(w) = st.circuit_waiters.remove(&circuit) {
+                    let _ = w.send(Err(reason));
+                }
+            }
+            Event::CircuitTruncated(_) => {}
+            Event::Connect { node, addr } => match LinkAddr::parse(&addr) {
+                Ok(a) if !st.stopping => {
+                    if st.connecting.insert(node) {
+                        spawn_connect(inner.clone(), node, a);
+                    }
+                }
+                _ => {
+                    let now = inner.now();
+                    st.node.link_failed(now, node);
+                }
+            },
+            Event::StreamRequest {
+                stream,
+                kind,
+                target,
+            } => {
+                let d = Daemon {
+                    inner: inner.clone(),
+                };
+                match kind {
+                    StreamKind::Internal => crate::services::spawn_internal(d, stream, target),
+                    _ => crate::exit::spawn_request(d, stream, kind, target),
+                }
+            }
+            Event::ResolveRequest { stream, host } => {
+                crate::exit::spawn_resolve(
+                    Daemon {
+                        inner: inner.clone(),
+                    },
+                    stream,
+                    host,
+                );
+            }
+            Event::Resolved { stream, addrs } => {
+                if let Some(slot) = st.streams.remove(&stream) {
+                    if let Some(w) = slot.resolved {
+                        let _ = w.send(addrs);
+                    }
+                }
+            }
+            Event::StreamOpened(s) => {
+                if let Some(w) = st.streams.get_mut(&s).and_then(|x| x.opened.take()) {
+                    let _ = w.send(Ok(()));
+                }
+            }
+            Event::StreamReadable(s) => {
+                if let Some(w) = st.streams.get_mut(&s).and_then(|x| x.read_waker.take()) {
+                    w.wake();
+                }
+            }
+            Event::StreamWritable(s) => {
+                if let Some(w) = st.streams.get_mut(&s).and_then(|x| x.write_waker.take()) {
+                    w.wake();
+                }
+            }
+            Event::StreamClosed { stream, reason } => {
+                if let Some(slot) = st.streams.get_mut(&stream) {
+                    slot.closed = Some(reason);
+                    if let Some(w) = slot.opened.take() {
+                        let _ = w.send(Err(reason));
+                    }
+                    if let Some(w) = slot.read_waker.take() {
+                        w.wake();
+                    }
+                    if let Some(w) = slot.write_waker.take() {
+                        w.wake();
+                    }
+                    if let Some(w) = slot.resolved.take() {
+                        let _ = w.send(Vec::new());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Opens a link to `node` at `addr` in the background; the driver registers
+/// it, or the node and any waiters learn that it failed.
+pub(super) fn spawn_connect(inner: Arc<Inner>, node: NodeId, addr: LinkAddr) {
+    tokio::spawn(async move {
+        let result = match inner.transports.for_target(&addr).await {
+            Ok(t) => t.connect(addr.addr, node).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(link) => {
+                let _ = inner.new_links.send(link);
+            }
+            Err(e) => {
+                tracing::debug!(%node, %addr, "connect failed: {e}");
+                let mut st = inner.lock();
+                st.connecting.remove(&node);
+                let now = inner.now();
+                st.node.link_failed(now, node);
+                for w in st.link_waiters.remove(&node).unwrap_or_default() {
+                    let _ = w.send(Err(e.to_string()));
+                }
+                drop(st);
+                inner.wake.notify_one();
+            }
+        }
+    });
+}
