@@ -43,7 +43,10 @@ fn keygen_creates_private_keys_and_id_prints_the_same_node_id() {
     std::fs::write(dir.join("identity.key"), "not a key\n").unwrap();
     let (code, _, err) = run(&["id", "--dir", d]);
     assert_eq!(code, 2);
-    assert!(err.contains("identity.key") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("identity.key") && err.lines().count() == 1,
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -52,19 +55,38 @@ fn every_bad_input_is_one_line_and_exit_code_2() {
     let dir = temp_dir("badcfg");
     std::fs::create_dir_all(&dir).unwrap();
     let bad_config = dir.join("bad.toml");
-    std::fs::write(&bad_config, "listen = [\"udt://127.0.0.1:0\"]\nlisten_typo = 1\n").unwrap();
+    std::fs::write(
+        &bad_config,
+        "listen = [\"udt://127.0.0.1:0\"]\nlisten_typo = 1\n",
+    )
+    .unwrap();
     let bad_peers = dir.join("peers");
     std::fs::write(&bad_peers, "alice not-an-address\n").unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["run", "--listen", "ftp://127.0.0.1:1"], "--listen"),
         (vec!["run", "--listen", "udt://nohost"], "--listen"),
-        (vec!["run", "--connect", "nobody@udt://127.0.0.1:1"], "--connect"),
-        (vec!["run", "--exit-policy", "allow everything"], "--exit-policy"),
+        (
+            vec!["run", "--connect", "nobody@udt://127.0.0.1:1"],
+            "--connect",
+        ),
+        (
+            vec!["run", "--exit-policy", "allow everything"],
+            "--exit-policy",
+        ),
         (vec!["run", "--tunnel", "127.0.0.1:1>internet"], "--tunnel"),
-        (vec!["run", "--proxy", "1080>rand>example.com:80"], "--proxy"),
+        (
+            vec!["run", "--proxy", "1080>rand>example.com:80"],
+            "--proxy",
+        ),
         (vec!["run", "--control", "localhost"], "--control"),
-        (vec!["run", "--config", bad_config.to_str().unwrap()], "listen_typo"),
-        (vec!["run", "--config", "/nonexistent/relayd.toml"], "relayd.toml"),
+        (
+            vec!["run", "--config", bad_config.to_str().unwrap()],
+            "listen_typo",
+        ),
+        (
+            vec!["run", "--config", "/nonexistent/relayd.toml"],
+            "relayd.toml",
+        ),
         (vec!["run", "--peers", bad_peers.to_str().unwrap()], "peers"),
         (vec!["tunnel", "1000>>example.com:80"], "--tunnel"),
         (vec!["proxy", "x>rand>internet"], "--proxy"),

@@ -50,7 +50,11 @@ fn network(n: usize, exit_rules: &[&str], proxy_hops: usize) -> Net {
 }
 
 fn http_get_10mb_server() -> (SocketAddr, Arc<Vec<u8>>) {
-    let body: Arc<Vec<u8>> = Arc::new((0..10 * MB as usize).map(|i| (i * 31 % 251) as u8).collect());
+    let body: Arc<Vec<u8>> = Arc::new(
+        (0..10 * MB as usize)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect(),
+    );
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let b = body.clone();
@@ -68,7 +72,11 @@ fn http_get_10mb_server() -> (SocketAddr, Arc<Vec<u8>>) {
                         Ok(n) => req.extend_from_slice(&buf[..n]),
                     }
                 }
-                let _ = write!(c, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", b.len());
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    b.len()
+                );
                 let _ = c.write_all(&b);
             });
         }
@@ -137,9 +145,18 @@ fn exit_policy_refusal_private_default_udp_associate_and_credentials() {
     exchange(c, 100_000, 100_000, Duration::from_secs(30)).unwrap();
     // Another port on 127.0.0.1: refused by the policy (0x02).
     let other = SocketAddr::from(([127, 0, 0, 1], 1));
-    assert_eq!(socks(proxy, SocksTarget::Addr(other), None, 1).err(), Some(0x02));
+    assert_eq!(
+        socks(proxy, SocksTarget::Addr(other), None, 1).err(),
+        Some(0x02)
+    );
     // Credentials select another circuit; refusal code is the same.
-    let (c, _) = socks(proxy, SocksTarget::Addr(server.addr), Some(("alice", "pw")), 1).unwrap();
+    let (c, _) = socks(
+        proxy,
+        SocksTarget::Addr(server.addr),
+        Some(("alice", "pw")),
+        1,
+    )
+    .unwrap();
     exchange(c, 1000, 1000, Duration::from_secs(30)).unwrap();
 
     // UDP ASSOCIATE round trip through the exit.
@@ -175,7 +192,12 @@ fn private_addresses_are_refused_unless_accepted() {
     let server = pattern_server();
     // `accept *:*` does not open private ranges.
     let net = network(4, &["accept *:*"], 3);
-    let r = socks(net.proxy.proxies[0], SocksTarget::Addr(server.addr), None, 1);
+    let r = socks(
+        net.proxy.proxies[0],
+        SocksTarget::Addr(server.addr),
+        None,
+        1,
+    );
     assert_eq!(r.err(), Some(0x02));
     // A relay with no policy at all is not an exit.
     let r1 = relay("udt", &[]);
@@ -185,7 +207,10 @@ fn private_addresses_are_refused_unless_accepted() {
     let r = socks(p.proxies[0], SocksTarget::Addr(server.addr), None, 1);
     assert_eq!(r.err(), Some(0x02));
     // Refused connection at the target: 0x05.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let r3 = relay("udt", &["--exit-policy", "accept 127.0.0.1:*"]);
     let spec = format!("127.0.0.1:0>{}>{}>internet", r1.addr(), r3.addr());
     let p2 = Relayd::start(&["proxy", &spec]);
@@ -195,7 +220,13 @@ fn private_addresses_are_refused_unless_accepted() {
     );
     // Unknown name: host unreachable (0x04).
     assert_eq!(
-        socks(p2.proxies[0], SocksTarget::Name("no-such-host.invalid", 80), None, 1).err(),
+        socks(
+            p2.proxies[0],
+            SocksTarget::Name("no-such-host.invalid", 80),
+            None,
+            1
+        )
+        .err(),
         Some(0x04)
     );
 }
@@ -224,12 +255,18 @@ fn two_hundred_concurrent_socks_connections_of_1_mb() {
     }
     let mut reported = Vec::new();
     for _ in 0..200 {
-        let (h, n) = server.received.recv_timeout(Duration::from_secs(60)).unwrap();
+        let (h, n) = server
+            .received
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap();
         assert_eq!(n, MB);
         reported.push(h);
     }
     assert!(reported.iter().all(|h| *h == sent[0]));
-    eprintln!("200 x 1 MB each way in {:.1} s", start.elapsed().as_secs_f64());
+    eprintln!(
+        "200 x 1 MB each way in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
 }
 
 #[test]

@@ -210,7 +210,7 @@ pub async fn tracker_round(
     let desc = client.descriptor_for(tracker).await?;
     let circ = d.build_circuit(&[desc], BUILD_TIMEOUT).await?;
     let result = tracker_exchange(d, circ, publish).await;
-    d.close_circuit(circ);
+    d.close_circuit_when_idle(circ);
     result
 }
 
@@ -293,6 +293,6 @@ pub async fn send_message(client: &Client, to: &NodeId, text: &str) -> Result<()
             })
     }
     .await;
-    d.close_circuit(circ);
+    d.close_circuit_when_idle(circ);
     r.map(|_| ())
 }

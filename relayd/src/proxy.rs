@@ -139,7 +139,7 @@ impl Tunnel {
                     tracing::info!("tunnel connection from {from}: {e}");
                 }
                 if !share {
-                    client.daemon.close_circuit(circ);
+                    client.daemon.close_circuit_when_idle(circ);
                 }
             });
         }

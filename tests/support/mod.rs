@@ -46,7 +46,10 @@ impl Relayd {
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .spawn()
             .map_err(|e| e.to_string())?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
@@ -146,7 +149,9 @@ pub fn temp_dir(name: &str) -> PathBuf {
 /// Deterministic bytes: block `i` of the stream seeded by `seed`.
 pub fn pattern(seed: u64, offset: u64, buf: &mut [u8]) {
     for (i, b) in buf.iter_mut().enumerate() {
-        let x = (offset + i as u64).wrapping_add(seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let x = (offset + i as u64)
+            .wrapping_add(seed)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
         *b = (x >> 56) as u8;
     }
 }
@@ -224,9 +229,15 @@ pub fn pattern_server() -> PatternServer {
 /// Sends `up` pattern bytes (seed 11) and receives `down` bytes over an
 /// open connection to a pattern server; checks what came back and returns
 /// the sha256 of the bytes sent (to compare with the server's report).
-pub fn exchange(mut c: TcpStream, up: u64, down: u64, timeout: Duration) -> Result<[u8; 32], String> {
+pub fn exchange(
+    mut c: TcpStream,
+    up: u64,
+    down: u64,
+    timeout: Duration,
+) -> Result<[u8; 32], String> {
     c.set_read_timeout(Some(timeout)).unwrap();
-    c.write_all(&down.to_be_bytes()).map_err(|e| e.to_string())?;
+    c.write_all(&down.to_be_bytes())
+        .map_err(|e| e.to_string())?;
     let mut w = c.try_clone().unwrap();
     let writer = std::thread::spawn(move || -> Result<(), String> {
         let mut buf = vec![0u8; 64 * 1024];

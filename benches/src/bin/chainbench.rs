@@ -272,7 +272,11 @@ fn measure(chain: &Chain, bulk: u64, reps: usize) -> Report {
     let secs = t.elapsed().as_secs_f64();
     let cpu = (chain.cpu() - cpu0) as f64 / ticks_per_sec();
     let gb = bulk as f64 / 1e9;
-    let mbit = if ok { bulk as f64 * 8.0 / secs / 1e6 } else { 0.0 };
+    let mbit = if ok {
+        bulk as f64 * 8.0 / secs / 1e6
+    } else {
+        0.0
+    };
     let mut ttfb = Vec::new();
     for size in [50u64 << 10, 1 << 20, 5 << 20] {
         let mut firsts = Vec::new();
@@ -331,7 +335,9 @@ fn main() {
     let link = opt("--link").unwrap_or_else(|| "udt".into());
     let bulk: u64 = opt("--bulk-mb").and_then(|s| s.parse().ok()).unwrap_or(400) << 20;
     let reps: usize = opt("--reps").and_then(|s| s.parse().ok()).unwrap_or(9);
-    let circuits: usize = opt("--circuits").and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let circuits: usize = opt("--circuits")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
     if !relayd_bin().exists() {
         eprintln!(
             "chainbench: {} not found; run `cargo build --release -p relayd` first or set RELAYD_BIN",
@@ -342,10 +348,17 @@ fn main() {
     let server = source_server();
     let plain = plain_chain(server);
     let relay = relayd_chain(server, &link);
-    let idle: Vec<u64> = relay.procs.iter().map(|p| rss_kib(p.child.id()).0).collect();
+    let idle: Vec<u64> = relay
+        .procs
+        .iter()
+        .map(|p| rss_kib(p.child.id()).0)
+        .collect();
     let rp = measure(&plain, bulk, reps);
     let rr = measure(&relay, bulk, reps);
-    println!("chainbench: bulk {} MiB, {reps} reps per size, link {link}", bulk >> 20);
+    println!(
+        "chainbench: bulk {} MiB, {reps} reps per size, link {link}",
+        bulk >> 20
+    );
     println!(
         "{:<28} {:>10} {:>12} {:>12}",
         "chain", "Mbit/s", "CPU s/GB", "setup ms"
@@ -359,8 +372,14 @@ fn main() {
             r.setup.as_secs_f64() * 1e3
         );
     }
-    println!("throughput ratio relayd/plain: {:.2}", rr.mbit / rp.mbit.max(1e-9));
-    println!("{:<10} {:>14} {:>14} {:>14} {:>14}", "size", "plain TTFB ms", "plain TTLB ms", "relayd TTFB ms", "relayd TTLB ms");
+    println!(
+        "throughput ratio relayd/plain: {:.2}",
+        rr.mbit / rp.mbit.max(1e-9)
+    );
+    println!(
+        "{:<10} {:>14} {:>14} {:>14} {:>14}",
+        "size", "plain TTFB ms", "plain TTLB ms", "relayd TTFB ms", "relayd TTLB ms"
+    );
     for (a, b) in rp.ttfb.iter().zip(&rr.ttfb) {
         println!(
             "{:<10} {:>14.1} {:>14.1} {:>14.1} {:>14.1}",
@@ -371,12 +390,20 @@ fn main() {
             b.2.as_secs_f64() * 1e3
         );
     }
-    let peak: Vec<u64> = relay.procs.iter().map(|p| rss_kib(p.child.id()).1).collect();
+    let peak: Vec<u64> = relay
+        .procs
+        .iter()
+        .map(|p| rss_kib(p.child.id()).1)
+        .collect();
     println!("relayd RSS idle KiB (relay1, relay2, exit, client): {idle:?}");
     println!("relayd RSS peak KiB after the transfers:              {peak:?}");
     let held = hold_circuits(relay.entry, circuits);
     std::thread::sleep(Duration::from_millis(500));
-    let with: Vec<u64> = relay.procs.iter().map(|p| rss_kib(p.child.id()).0).collect();
+    let with: Vec<u64> = relay
+        .procs
+        .iter()
+        .map(|p| rss_kib(p.child.id()).0)
+        .collect();
     println!(
         "relayd RSS KiB with {} open circuits:                 {with:?}",
         held.len()

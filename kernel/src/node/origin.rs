@@ -61,6 +61,9 @@ pub struct CircuitInfo {
     pub queued: u32,
     /// Congestion window, where this node is an edge.
     pub cwnd: Option<u32>,
+    /// Cells sent and not yet acknowledged by a SENDME, where this node is
+    /// an edge.
+    pub inflight: Option<u32>,
     /// Link and wire id towards the client (relayed circuits).
     pub prev: Option<(LinkId, crate::cell::CircId)>,
     /// Link and wire id towards the last hop.
@@ -172,28 +175,36 @@ impl Node {
     pub fn circuits(&self) -> Vec<CircuitInfo> {
         self.circuits
             .iter()
-            .map(|(r, c)| {
-                let (hops, origin, ready) = match &c.role {
-                    Role::Origin(o) => (
-                        o.path[..o.onion.len()].iter().map(|h| h.id).collect(),
-                        true,
-                        o.phase == Phase::Ready,
-                    ),
-                    Role::Relay(_) => (Vec::new(), false, false),
-                };
-                CircuitInfo {
-                    circuit: r,
-                    hops,
-                    origin,
-                    ready,
-                    streams: c.edge.as_ref().map_or(0, |e| e.streams.len()),
-                    queued: c.queued(),
-                    cwnd: c.edge.as_ref().map(|e| e.cc.cwnd()),
-                    prev: c.prev,
-                    next: c.next,
-                }
-            })
+            .map(|(r, c)| Self::info_of(r, c))
             .collect()
+    }
+
+    /// One circuit's listing entry.
+    pub fn circuit_info(&self, circ: CircuitRef) -> Option<CircuitInfo> {
+        self.circuits.get(circ).map(|c| Self::info_of(circ, c))
+    }
+
+    fn info_of(r: CircuitRef, c: &Circuit) -> CircuitInfo {
+        let (hops, origin, ready) = match &c.role {
+            Role::Origin(o) => (
+                o.path[..o.onion.len()].iter().map(|h| h.id).collect(),
+                true,
+                o.phase == Phase::Ready,
+            ),
+            Role::Relay(_) => (Vec::new(), false, false),
+        };
+        CircuitInfo {
+            circuit: r,
+            hops,
+            origin,
+            ready,
+            streams: c.edge.as_ref().map_or(0, |e| e.streams.len()),
+            queued: c.queued(),
+            cwnd: c.edge.as_ref().map(|e| e.cc.cwnd()),
+            inflight: c.edge.as_ref().map(|e| e.cc.inflight()),
+            prev: c.prev,
+            next: c.next,
+        }
     }
 
     /// A cell from the first hop of a circuit this node built.

@@ -443,6 +443,30 @@ impl Daemon {
         ok
     }
 
+    /// Closes `circ` once it has carried everything: no streams left, no
+    /// cells queued here, the window (nearly) acknowledged, then a grace
+    /// period for the last cells in flight. Closing at once after a stream
+    /// finishes would let the DESTROY overtake data still queued on the way.
+    pub fn close_circuit_when_idle(&self, circ: CircuitRef) {
+        let d = self.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while Instant::now() < deadline {
+                let info = d.inner.lock().node.circuit_info(circ);
+                let Some(info) = info else { return };
+                let idle = info.streams == 0
+                    && info.queued == 0
+                    && info.inflight.unwrap_or(0) < relay_kernel::flow::SENDME_INC;
+                if idle {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            d.close_circuit(circ);
+        });
+    }
+
     /// Opens a stream on a ready circuit and waits for the exit's answer.
     pub async fn open_stream(
         &self,
