@@ -2,6 +2,8 @@
 //! exit code 2 for every bad flag, config or key file, clean shutdown on
 //! SIGTERM, `--config`, and `relayd demo --check`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::process::Command;

@@ -2,6 +2,8 @@
 //! processes on 127.0.0.1; 100 MB each way through 3 hops, sha256-checked,
 //! over every link kind and over a mixed path.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::net::TcpStream;

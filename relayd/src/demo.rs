@@ -128,9 +128,11 @@ pub struct DemoNet {
 }
 
 fn relay_config(tracker: bool, exit: bool) -> Result<DaemonConfig, String> {
-    let mut c = DaemonConfig::default();
-    c.listen = vec![relay_link::LinkAddr::parse("udt://127.0.0.1:0").map_err(|e| e.to_string())?];
-    c.act_as_tracker = tracker;
+    let mut c = DaemonConfig {
+        listen: vec![relay_link::LinkAddr::parse("udt://127.0.0.1:0").map_err(|e| e.to_string())?],
+        act_as_tracker: tracker,
+        ..DaemonConfig::default()
+    };
     if exit {
         c.exit_policy = ExitPolicy::parse_rules(&["accept 127.0.0.1:*".to_string()])
             .map_err(|e| e.to_string())?;

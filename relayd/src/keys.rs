@@ -163,7 +163,7 @@ pub fn from_hex(s: &str) -> Option<[u8; 32]> {
 
 /// Any length of hex (even number of digits).
 pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.is_ascii() {
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
         return None;
     }
     (0..s.len())

@@ -192,6 +192,8 @@ pub struct Socks {
 }
 
 type Isolation = Option<(Vec<u8>, Vec<u8>)>;
+/// One cached circuit per isolation key (SOCKS credentials).
+type CircuitCache = Arc<Mutex<HashMap<Isolation, Arc<Mutex<Option<CircuitRef>>>>>>;
 
 impl Socks {
     /// Binds the proxy's local port.
@@ -214,8 +216,7 @@ impl Socks {
 
     /// Serves forever.
     pub async fn serve(self, client: Arc<Client>) {
-        let circuits: Arc<Mutex<HashMap<Isolation, Arc<Mutex<Option<CircuitRef>>>>>> =
-            Arc::new(Mutex::new(HashMap::new()));
+        let circuits: CircuitCache = Arc::new(Mutex::new(HashMap::new()));
         loop {
             let Ok((tcp, from)) = self.listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -237,7 +238,7 @@ async fn socks_connection(
     client: Arc<Client>,
     mut tcp: TcpStream,
     hops: &[crate::spec::Hop],
-    circuits: Arc<Mutex<HashMap<Isolation, Arc<Mutex<Option<CircuitRef>>>>>>,
+    circuits: CircuitCache,
 ) -> Result<(), String> {
     let req = tokio::time::timeout(
         SOCKS_HANDSHAKE,

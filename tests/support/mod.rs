@@ -1,7 +1,7 @@
 //! Harness for end-to-end tests: real `relayd` processes on 127.0.0.1, a
 //! pattern server, a blocking SOCKS5 client. Every process is killed when
 //! its handle drops, and every wait is bounded.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

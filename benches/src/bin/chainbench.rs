@@ -11,6 +11,9 @@
 //! per GB summed over the chain's processes, and RSS (idle, peak, and with
 //! 1,000 open circuits).
 
+// A measurement tool: failing loudly on a broken setup is the right answer.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
