@@ -136,3 +136,43 @@ fn demo_check_passes() {
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
     assert!(out.contains("content verified"), "{out}");
 }
+
+#[test]
+fn control_port_send_delivers_a_message_to_a_neighbour() {
+    let da = temp_dir("msg-a");
+    let db = temp_dir("msg-b");
+    let b = Relayd::start(&[
+        "run",
+        "--dir",
+        db.to_str().unwrap(),
+        "--listen",
+        "udt://127.0.0.1:0",
+        "--control",
+        "127.0.0.1:0",
+    ]);
+    let a = Relayd::start(&[
+        "run",
+        "--dir",
+        da.to_str().unwrap(),
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--control",
+        "127.0.0.1:0",
+        "--connect",
+        b.addr(),
+    ]);
+    // A learns B's descriptor from the link it keeps to B.
+    let sent = wait_until(std::time::Duration::from_secs(15), || {
+        ctl(&da, &["send", &b.id, "hello", "from", "a"]).0 == 0
+    });
+    assert!(sent, "{:?}", ctl(&da, &["send", &b.id, "hello"]));
+    let (code, out, _) = ctl(&db, &["list", "messages"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("hello from a"), "{out}");
+    let (code, out, _) = ctl(&da, &["list", "peers"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&b.id) && out.contains(" out"), "{out}");
+    drop(a);
+    let _ = std::fs::remove_dir_all(&da);
+    let _ = std::fs::remove_dir_all(&db);
+}
