@@ -107,7 +107,6 @@ pub struct Descriptor {
 impl Descriptor {
     /// Builds and signs a descriptor. Only the first [`MAX_ADDRS`] addresses
     /// are kept, so the result always encodes.
-    #[allow(clippy::too_many_arguments)]
     pub fn sign(
         identity: &Identity,
         onion_key: [u8; 32],
