@@ -238,14 +238,29 @@ fn merge(a: &mut RunArgs, c: Config) {
     a.act_as_tracker |= c.act_as_tracker;
 }
 
-fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
+/// The config file's `log` filter, if `run --config` names one.
+fn config_log(cmd: &Command) -> Option<String> {
+    match cmd {
+        Command::Run(a) => a
+            .config
+            .as_ref()
+            .and_then(|p| Config::load(p).ok())
+            .and_then(|c| c.log),
+        _ => None,
+    }
+}
+
+/// RUST_LOG wins, then `-v`, then the config's `log`, then warnings only.
+fn init_logging(verbose: u8, config_filter: Option<String>) {
+    let default = match (verbose, config_filter) {
+        (0, Some(f)) => f,
+        (0, None) => "warn".to_string(),
+        (1, _) => "info".to_string(),
+        _ => "debug".to_string(),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&default))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -254,7 +269,7 @@ fn init_logging(verbose: u8) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    init_logging(cli.verbose, config_log(&cli.command));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
