@@ -345,7 +345,17 @@ async fn run_command(cmd: Command) -> Result<u8, Usage> {
 async fn serve(opts: RunOptions) -> Result<u8, Usage> {
     let running = match run::start(opts).await {
         Ok(r) => r,
-        Err(run::RunError::Daemon(e)) => {
+        // A scheme this build lacks is the user's mistake (exit 2); a
+        // port in use or a failed link is the environment's (exit 1).
+        Err(run::RunError::Daemon(e))
+            if !matches!(
+                &e,
+                relayd::daemon::DaemonError::Listen {
+                    source: relay_link::LinkError::UnsupportedScheme(_),
+                    ..
+                }
+            ) =>
+        {
             eprintln!("relayd: {e}");
             return Ok(1);
         }
