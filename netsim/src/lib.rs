@@ -15,7 +15,7 @@
 //! adapter), [`tcp`] (the TCP comparison model), [`host`] (kernel node +
 //! link core at a virtual address), [`traffic`] (clients and the exit
 //! server model), [`payload`] (checkable transfer bytes), [`probe`]
-//! (cell-delay probes), [`scenario`] (TOML schema), [`sim`] (world and
+//! (cell-delay probes), [`pcap`] (captures), [`plot`] (SVG charts), [`scenario`] (TOML schema), [`sim`] (world and
 //! event loop), [`stats`] and [`results`] (figures), [`output`] (files).
 
 pub mod error;
@@ -24,6 +24,7 @@ pub mod link;
 pub mod network;
 pub mod output;
 pub mod payload;
+pub mod pcap;
 pub mod plot;
 pub mod probe;
 pub mod queue;

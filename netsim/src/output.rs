@@ -139,6 +139,10 @@ pub fn write_outputs(run: &Run, dir: &Path) -> Result<(), SimError> {
         &(serde_json::to_string_pretty(&run.perf)? + "\n"),
     )?;
     tornettools(run, dir)?;
+    for c in run.sim.captures.values() {
+        let path = dir.join(&c.name);
+        std::fs::write(&path, c.bytes()).map_err(|e| SimError::io(&path, e))?;
+    }
     Ok(())
 }
 

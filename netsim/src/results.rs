@@ -136,6 +136,9 @@ pub struct Results {
     pub circuit_build_s: Percentiles,
     /// Client goodput over the run, Mbit/s.
     pub goodput_mbit: f64,
+    /// Client goodput over the second half of the run, Mbit/s (steady
+    /// state of long transfers).
+    pub goodput_second_half_mbit: f64,
     /// Client goodput per bin, Mbit/s.
     pub goodput_series_mbit: Vec<f64>,
     /// Bin width (s).
@@ -309,6 +312,18 @@ impl Results {
             by_size,
             circuit_build_s: percentiles(&builds),
             goodput_mbit: total_bytes as f64 * 8.0 / duration / 1e6,
+            goodput_second_half_mbit: {
+                let half = sim.end.nanos() / 2;
+                let bytes: u64 = sim
+                    .traffic
+                    .goodput_bins
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i as u64 * sim.traffic.bin >= half)
+                    .map(|(_, b)| *b)
+                    .sum();
+                bytes as f64 * 8.0 / ((sim.end.nanos() - half) as f64 / 1e9).max(1e-9) / 1e6
+            },
             goodput_series_mbit: sim
                 .traffic
                 .goodput_bins

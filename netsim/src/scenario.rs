@@ -53,7 +53,7 @@ pub struct Scenario {
     /// Cell-delay probes.
     #[serde(rename = "probe", default)]
     pub probes: Vec<ProbeSpec>,
-    /// Links to capture into pcap files.
+    /// Host pairs whose datagrams (both directions) go into pcap files.
     #[serde(default)]
     pub pcap: Vec<[String; 2]>,
     /// Report options.
@@ -325,7 +325,16 @@ impl Scenario {
         }
     }
 
-    fn validate(&self) -> Result<(), SimError> {
+    /// Sets the random loss of every path (defaults and pair overrides).
+    pub fn set_loss(&mut self, p: f64) {
+        self.path_defaults.loss = p;
+        for l in &mut self.links {
+            l.path.loss = p;
+        }
+    }
+
+    /// Checks the scenario makes sense.
+    pub fn validate(&self) -> Result<(), SimError> {
         let bad = |m: String| Err(SimError::Invalid(m));
         if self.duration_s.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
             return bad("duration_s must be positive".into());

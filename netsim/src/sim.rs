@@ -107,6 +107,8 @@ pub struct Sim {
     pub probes: Probes,
     /// Crashes scheduled.
     pub crashes: Vec<CrashRecord>,
+    /// pcap captures by directed host pair.
+    pub captures: BTreeMap<(usize, usize), crate::pcap::Capture>,
     /// Events processed.
     pub events: u64,
     /// Datagrams sent by hosts.
@@ -295,6 +297,7 @@ impl Sim {
             traffic,
             probes,
             crashes: Vec::new(),
+            captures: BTreeMap::new(),
             events: 0,
             datagrams: 0,
             to_dead_host: 0,
@@ -304,6 +307,13 @@ impl Sim {
             sched,
             scenario,
         };
+        for [a, b] in sim.scenario.pcap.clone() {
+            let (x, y) = (named(&a)?, named(&b)?);
+            for (f, t) in [(x, y), (y, x)] {
+                let name = format!("{}-{}.pcap", infos[f].name, infos[t].name);
+                sim.captures.insert((f, t), crate::pcap::Capture::new(name));
+            }
+        }
         for i in 0..infos.len() {
             let (node, core) = sim.make_node(i, 0)?;
             sim.hosts.push(Host::new(i, sim.addrs[i], node, core));
@@ -545,6 +555,9 @@ impl Sim {
         let Some(&to) = self.addr_index.get(&dg.to) else {
             return;
         };
+        if let Some(c) = self.captures.get_mut(&(from, to)) {
+            c.record(now.nanos(), self.addrs[from], dg.to, &dg.data);
+        }
         if self.net.cut(now, from, to) {
             self.lost(from, to, &dg.circuits);
             return;

@@ -401,10 +401,12 @@ impl Node {
             let Some(edge) = self.edge_mut(circ) else {
                 return;
             };
-            if !edge.cc.can_send() {
-                return;
-            }
-            if edge.ready.is_empty() {
+            // Nothing to pace until a SENDME opens the window or data is
+            // written (both flush again): a pacing wakeup left from before
+            // would stay in the past and make `poll_timeout` return a due
+            // time forever.
+            if !edge.cc.can_send() || edge.ready.is_empty() {
+                edge.wakeup = None;
                 return;
             }
             if let Some(interval) = edge.cc.pacing_interval() {

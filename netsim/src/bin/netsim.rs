@@ -48,6 +48,8 @@ fn cmd_run(args: &[String]) -> Result<(), SimError> {
     let mut seed = 1u64;
     let mut out = None;
     let mut duration = None;
+    let mut link = None;
+    let mut loss = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || {
@@ -69,6 +71,14 @@ fn cmd_run(args: &[String]) -> Result<(), SimError> {
                         .map_err(|_| SimError::Usage("--duration takes seconds".into()))?,
                 )
             }
+            "--link" => link = Some(value()?),
+            "--loss" => {
+                loss = Some(
+                    value()?
+                        .parse::<f64>()
+                        .map_err(|_| SimError::Usage("--loss takes a probability".into()))?,
+                )
+            }
             s if name.is_none() && !s.starts_with("--") => name = Some(s.to_string()),
             s => return Err(SimError::Usage(format!("unexpected {s}; {USAGE}"))),
         }
@@ -78,6 +88,13 @@ fn cmd_run(args: &[String]) -> Result<(), SimError> {
     if let Some(d) = duration {
         scenario.duration_s = d;
     }
+    if let Some(l) = link {
+        scenario.link = l;
+    }
+    if let Some(p) = loss {
+        scenario.set_loss(p);
+    }
+    scenario.validate()?;
     let out = out.unwrap_or_else(|| PathBuf::from(format!("netsim-out/{}-{seed}", scenario.name)));
     let tty = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
