@@ -353,20 +353,32 @@ fn different_socks_credentials_never_share_a_circuit() {
     ]);
     let proxy = client.proxies[0];
     let mut held = Vec::new();
-    for creds in [None, Some(("alice", "a")), Some(("bob", "b")), Some(("alice", "a"))] {
+    for creds in [
+        None,
+        Some(("alice", "a")),
+        Some(("bob", "b")),
+        Some(("alice", "a")),
+    ] {
         let (c, _) = socks(proxy, SocksTarget::Addr(server.addr), creds, 1).unwrap();
         held.push(c);
     }
     let (code, out, err) = ctl(&dir, &["list", "circuits"]);
     assert_eq!(code, 0, "{err}");
-    let circuits: Vec<&str> = out.lines().filter(|l| l.contains(" origin ready hops=3")).collect();
+    let circuits: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains(" origin ready hops=3"))
+        .collect();
     // No credentials, alice, bob: three circuits; alice's second connection
     // reuses hers.
     assert_eq!(circuits.len(), 3, "{out}");
     for l in &circuits {
         assert!(l.contains("streams=1") || l.contains("streams=2"), "{l}");
     }
-    assert_eq!(circuits.iter().filter(|l| l.contains("streams=2")).count(), 1, "{out}");
+    assert_eq!(
+        circuits.iter().filter(|l| l.contains("streams=2")).count(),
+        1,
+        "{out}"
+    );
     for c in held {
         exchange(c, 1000, 1000, Duration::from_secs(30)).unwrap();
     }
