@@ -24,3 +24,19 @@ fn quick_scenario_completes_every_transfer_byte_exact() {
     assert_eq!(res.by_size.len(), 2);
     assert!(res.relays.cells_relayed > 0);
 }
+
+#[test]
+fn quick_scenario_over_the_tcp_model_is_byte_exact_too() {
+    let mut s = find_scenario("quick").unwrap();
+    s.link = "tcp".into();
+    s.set_loss(0.01);
+    let r = run(s, 3, |_, _| {}).unwrap();
+    let res = &r.results;
+    assert!(res.transfers >= 20, "only {} transfers", res.transfers);
+    assert_eq!(res.ok, res.transfers, "errors: {:?}", res.errors);
+    assert!(
+        res.links.retransmitted_cells > 0,
+        "1% loss but nothing resent"
+    );
+    assert_eq!(res.links.kind, "tcp");
+}
