@@ -245,9 +245,14 @@ pub async fn run(check: bool) -> i32 {
         let hops: Vec<String> = c
             .hops
             .iter()
-            .map(|h| h.to_string()[..8].to_string())
+            .map(|h| h.to_string().chars().take(8).collect())
             .collect();
-        println!("circuit {}: {}", c.circuit.as_u64(), hops.join(" > "));
+        let what = if c.hops.len() == 1 {
+            "tracker circuit"
+        } else {
+            "proxy circuit"
+        };
+        println!("{what} {}: {}", c.circuit.as_u64(), hops.join(" > "));
     }
     if check {
         return if ok { 0 } else { 1 };
@@ -255,8 +260,9 @@ pub async fn run(check: bool) -> i32 {
     println!();
     println!("SOCKS5 proxy: {}", net.socks);
     println!(
-        "try:  curl --socks5-hostname {} http://{}/",
-        net.socks, net.http
+        "try:  curl --socks5-hostname {} http://localhost:{}/   (the exit resolves the name)",
+        net.socks,
+        net.http.port()
     );
     println!("Ctrl-C to stop.");
     let _ = tokio::signal::ctrl_c().await;
