@@ -123,6 +123,7 @@ fn register(inner: &Arc<Inner>, st: &mut State, link: Link, links: &mut SelectAl
             initiator,
             stash: None,
             blocked: false,
+            info_seen: false,
         },
     );
     links.push(Box::pin(async_stream(id, rx)));
@@ -135,9 +136,13 @@ fn register(inner: &Arc<Inner>, st: &mut State, link: Link, links: &mut SelectAl
 
 fn incoming(inner: &Arc<Inner>, st: &mut State, id: LinkId, cell: Cell) {
     if cell.command() == Ok(CellCommand::LinkInfo) {
-        let Some(peer) = st.links.get(&id).map(|l| l.peer) else {
+        let Some(slot) = st.links.get_mut(&id) else {
             return;
         };
+        if std::mem::replace(&mut slot.info_seen, true) {
+            return;
+        }
+        let peer = slot.peer;
         match Descriptor::decode(cell.body()) {
             Ok(d) if d.node_id() == peer => {
                 Daemon {

@@ -116,6 +116,9 @@ pub(crate) struct LinkSlot {
     /// A cell the link could not take yet (sent first when it can).
     pub stash: Option<relay_kernel::Cell>,
     pub blocked: bool,
+    /// Whether the peer's LinkInfo was already taken: one per link, so a
+    /// hostile neighbour cannot make us verify signatures in a loop.
+    pub info_seen: bool,
 }
 
 /// Per-stream state for application handles.
