@@ -107,9 +107,7 @@ fn register(inner: &Arc<Inner>, st: &mut State, link: Link, links: &mut SelectAl
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    if desc.len() <= relay_kernel::BODY_LEN {
-        let mut cell = Cell::new(0, CellCommand::LinkInfo);
-        cell.body_mut()[..desc.len()].copy_from_slice(&desc);
+    if let Some(cell) = link_info_cell(&desc) {
         let _ = tx.try_send(cell);
     }
     let now = inner.now();
@@ -123,7 +121,7 @@ fn register(inner: &Arc<Inner>, st: &mut State, link: Link, links: &mut SelectAl
             initiator,
             stash: None,
             blocked: false,
-            info_seen: false,
+            info_at: None,
         },
     );
     links.push(Box::pin(async_stream(id, rx)));
@@ -134,14 +132,28 @@ fn register(inner: &Arc<Inner>, st: &mut State, link: Link, links: &mut SelectAl
     tracing::debug!(%peer, %remote, initiator, "link up");
 }
 
+/// A LinkInfo cell carrying `desc`, if it fits.
+pub(super) fn link_info_cell(desc: &[u8]) -> Option<Cell> {
+    if desc.is_empty() || desc.len() > relay_kernel::BODY_LEN {
+        return None;
+    }
+    let mut cell = Cell::new(0, CellCommand::LinkInfo);
+    cell.body_mut()[..desc.len()].copy_from_slice(desc);
+    Some(cell)
+}
+
 fn incoming(inner: &Arc<Inner>, st: &mut State, id: LinkId, cell: Cell) {
     if cell.command() == Ok(CellCommand::LinkInfo) {
         let Some(slot) = st.links.get_mut(&id) else {
             return;
         };
-        if std::mem::replace(&mut slot.info_seen, true) {
+        if slot
+            .info_at
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+        {
             return;
         }
+        slot.info_at = Some(std::time::Instant::now());
         let peer = slot.peer;
         match Descriptor::decode(cell.body()) {
             Ok(d) if d.node_id() == peer => {

@@ -116,9 +116,9 @@ pub(crate) struct LinkSlot {
     /// A cell the link could not take yet (sent first when it can).
     pub stash: Option<relay_kernel::Cell>,
     pub blocked: bool,
-    /// Whether the peer's LinkInfo was already taken: one per link, so a
+    /// When the peer's last LinkInfo was taken: at most one a minute, so a
     /// hostile neighbour cannot make us verify signatures in a loop.
-    pub info_seen: bool,
+    pub info_at: Option<Instant>,
 }
 
 /// Per-stream state for application handles.
@@ -253,6 +253,17 @@ impl Daemon {
             });
         }
         tokio::spawn(driver::run(daemon.inner.clone(), new_links_rx));
+        // Re-sign the descriptor well before it expires and tell the
+        // neighbours, so long-lived links never leave them a stale copy.
+        let d = daemon.clone();
+        tokio::spawn(async move {
+            let every = (d.inner.config.descriptor_lifetime / 3).max(Duration::from_secs(60));
+            loop {
+                tokio::time::sleep(every).await;
+                d.refresh_descriptor();
+                d.announce();
+            }
+        });
         Ok(daemon)
     }
 
@@ -304,6 +315,17 @@ impl Daemon {
                 .unwrap_or_else(|e| e.into_inner()) = bytes;
         }
         d
+    }
+
+    /// Sends this node's current descriptor to every neighbour.
+    pub fn announce(&self) {
+        let desc = self.descriptor_bytes();
+        let st = self.inner.lock();
+        for l in st.links.values() {
+            if let Some(cell) = driver::link_info_cell(&desc) {
+                let _ = l.tx.try_send(cell);
+            }
+        }
     }
 
     /// This node's current signed descriptor, encoded.
