@@ -67,7 +67,7 @@ pub struct Host {
     next_link: u64,
     blocked: BTreeSet<LinkId>,
     dialing: BTreeMap<SocketAddr, NodeId>,
-    /// The wake-up currently scheduled for this host.
+    /// The earliest wake-up event pending for this host.
     pub timer: Option<Time>,
     /// Cells retransmitted by the link core (all incarnations).
     pub retransmitted: u64,

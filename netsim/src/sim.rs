@@ -518,9 +518,13 @@ impl Sim {
         host.flush(now, &mut self.probes, &mut out);
         let wake = host.next_wake();
         let incarnation = host.incarnation;
+        // `timer` is the earliest pending wake-up. A later deadline needs no
+        // new event: the pending one fires first and reschedules. So stale
+        // wake-ups do not pile up in the heap (deadlines move later at
+        // almost every step: keepalives, idle timeouts).
         if let Some(t) = wake {
             let t = t.max(now.plus_nanos(1));
-            if host.timer != Some(t) {
+            if host.timer.is_none_or(|p| t < p) {
                 host.timer = Some(t);
                 self.queue.push(
                     t,
