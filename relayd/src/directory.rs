@@ -73,3 +73,44 @@ impl Directory {
         self.nodes.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relay_link::{Identity, LinkAddr};
+
+    fn desc(id: &Identity, published: u64, expires: u64) -> Descriptor {
+        Descriptor::sign(
+            id,
+            [9; 32],
+            vec![LinkAddr::parse("udt://127.0.0.1:9001").unwrap()],
+            published,
+            expires,
+            true,
+            false,
+        )
+    }
+
+    #[test]
+    fn keeps_fresh_newest_descriptors_only() {
+        let now = 1_000_000;
+        let a = Identity::from_secret([1; 32]);
+        let b = Identity::from_secret([2; 32]);
+        let mut dir = Directory::default();
+        assert!(dir.insert(desc(&a, now - 10, now + 100), now));
+        // Older or equal publication: ignored.
+        assert!(!dir.insert(desc(&a, now - 20, now + 500), now));
+        // Newer: replaces.
+        assert!(dir.insert(desc(&a, now - 5, now + 50), now));
+        assert_eq!(dir.get(&a.node_id(), now).unwrap().expires, now + 50);
+        // Stale on arrival: refused.
+        assert!(!dir.insert(desc(&b, now - 100, now - 1), now));
+        assert!(dir.get(&b.node_id(), now).is_none());
+        // Expiry hides it, prune drops it.
+        assert_eq!(dir.fresh(now).len(), 1);
+        assert!(dir.get(&a.node_id(), now + 60).is_none());
+        assert!(dir.fresh(now + 60).is_empty());
+        dir.prune(now + 60);
+        assert!(dir.is_empty());
+    }
+}
