@@ -271,13 +271,10 @@ fn two_hundred_concurrent_socks_connections_of_1_mb() {
     );
 }
 
-#[test]
-fn killing_the_middle_relay_fails_the_stream_fast_and_new_connections_recover() {
-    let _g = heavy();
-    let server = pattern_server();
-    let mut net = network(6, &["accept 127.0.0.1:*"], 3);
-    // A client with a control port, so the test can see its circuit's path.
-    let dir = temp_dir("kill");
+/// A `rand>rand>rand` proxy client of `net`'s tracker with a control port
+/// (so a test can list its circuits), and its key directory.
+fn proxy_with_control(net: &Net, name: &str) -> (Relayd, std::path::PathBuf) {
+    let dir = temp_dir(name);
     let t = net.tracker.addr().to_string();
     let client = Relayd::start(&[
         "run",
@@ -290,6 +287,16 @@ fn killing_the_middle_relay_fails_the_stream_fast_and_new_connections_recover() 
         "--proxy",
         "127.0.0.1:0>rand>rand>rand>internet",
     ]);
+    (client, dir)
+}
+
+#[test]
+fn killing_the_middle_relay_fails_the_stream_fast_and_new_connections_recover() {
+    let _g = heavy();
+    let server = pattern_server();
+    let mut net = network(6, &["accept 127.0.0.1:*"], 3);
+    // A client with a control port, so the test can see its circuit's path.
+    let (client, dir) = proxy_with_control(&net, "kill");
     let proxy = client.proxies[0];
     let (c, _) = socks(proxy, SocksTarget::Addr(server.addr), None, 1).unwrap();
     let (code, out, err) = ctl(&dir, &["list", "circuits"]);
@@ -338,19 +345,7 @@ fn killing_the_middle_relay_fails_the_stream_fast_and_new_connections_recover() 
 fn different_socks_credentials_never_share_a_circuit() {
     let server = pattern_server();
     let net = network(5, &["accept 127.0.0.1:*"], 3);
-    let dir = temp_dir("creds");
-    let t = net.tracker.addr().to_string();
-    let client = Relayd::start(&[
-        "run",
-        "--dir",
-        dir.to_str().unwrap(),
-        "--control",
-        "127.0.0.1:0",
-        "--tracker",
-        &t,
-        "--proxy",
-        "127.0.0.1:0>rand>rand>rand>internet",
-    ]);
+    let (client, dir) = proxy_with_control(&net, "creds");
     let proxy = client.proxies[0];
     let mut held = Vec::new();
     for creds in [
