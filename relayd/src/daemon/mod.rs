@@ -531,7 +531,7 @@ impl Daemon {
         host: &str,
         timeout: Duration,
     ) -> Result<Vec<std::net::IpAddr>, DaemonError> {
-        let rx = {
+        let (s, rx) = {
             let mut st = self.inner.lock();
             let now = self.inner.now();
             let s = st.node.resolve(now, circ, host)?;
@@ -543,14 +543,24 @@ impl Daemon {
                     ..Default::default()
                 },
             );
-            rx
+            (s, rx)
         };
         self.inner.wake.notify_one();
-        match tokio::time::timeout(timeout, rx).await {
+        let result = match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(a)) => Ok(a),
             Ok(Err(_)) => Err(DaemonError::Stream(EndReason::Destroy)),
             Err(_) => Err(DaemonError::Stream(EndReason::Timeout)),
+        };
+        // The slot is ours alone (no stream handle): forget it whatever
+        // happened, and tell the exit if we gave up waiting.
+        let mut st = self.inner.lock();
+        if st.streams.remove(&s).is_some() && result.is_err() {
+            let now = self.inner.now();
+            let _ = st.node.close_stream(now, s, EndReason::Timeout);
         }
+        drop(st);
+        self.inner.wake.notify_one();
+        result
     }
 
     /// Accepts a stream requested by a client (exit and internal services).
@@ -657,4 +667,56 @@ pub struct Snapshot {
     pub streams: Vec<relay_kernel::stream::StreamInfo>,
     /// Links: id, peer, remote address, whether we opened it.
     pub peers: Vec<(LinkId, NodeId, SocketAddr, bool)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn node(listen: bool, exit: bool) -> Daemon {
+        let config = DaemonConfig {
+            listen: if listen {
+                vec![LinkAddr::parse("udt://127.0.0.1:0").unwrap()]
+            } else {
+                Vec::new()
+            },
+            exit_policy: if exit {
+                ExitPolicy::parse_rules(&["accept 127.0.0.1:*"]).unwrap()
+            } else {
+                ExitPolicy::reject_all()
+            },
+            ..DaemonConfig::default()
+        };
+        Daemon::start(Keys::temporary(), config).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn resolve_at_the_exit_and_refusal_by_a_non_exit() {
+        let exit = node(true, true).await;
+        let plain = node(true, false).await;
+        let client = node(false, false).await;
+        for (relay, expect_addrs) in [(&exit, true), (&plain, false)] {
+            let peer = relay.peer_addr().unwrap();
+            client.ensure_link(&peer).await.unwrap();
+            let desc = client
+                .wait_descriptor(&relay.id(), Duration::from_secs(10))
+                .await
+                .unwrap();
+            let circ = client
+                .build_circuit(&[desc], Duration::from_secs(10))
+                .await
+                .unwrap();
+            let addrs = client
+                .resolve(circ, "localhost", Duration::from_secs(10))
+                .await
+                .unwrap();
+            assert_eq!(
+                addrs.iter().any(|a| a.is_loopback()),
+                expect_addrs,
+                "{addrs:?}"
+            );
+            // Nothing left behind for the finished request.
+            assert!(client.inner.lock().streams.is_empty());
+        }
+    }
 }
