@@ -17,6 +17,7 @@ pub mod link;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod transport;
+pub mod udp;
 
 pub use addr::{LinkAddr, PeerAddr, Scheme};
 pub use error::LinkError;

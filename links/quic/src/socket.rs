@@ -18,20 +18,12 @@ use std::task::{Context, Poll};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 
-/// Socket buffer size asked of the kernel (it caps it at `rmem_max` /
-/// `wmem_max`): the default ~200 KB drops bursts at high rates.
+/// Socket buffer size asked of the kernel.
 const SOCKET_BUFFER: usize = 4 << 20;
 
 /// Binds a UDP socket for an endpoint, with larger kernel buffers.
 pub(crate) fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
-    let domain = socket2::Domain::for_address(addr);
-    let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
-    // Best effort: a smaller buffer only costs throughput.
-    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
-    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
-    sock.bind(&addr.into())?;
-    sock.set_nonblocking(true)?;
-    Ok(sock.into())
+    relay_link::udp::bind_udp(addr, SOCKET_BUFFER)
 }
 
 /// A quinn socket that can be switched off for good.

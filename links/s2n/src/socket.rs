@@ -14,20 +14,12 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 
-/// Socket buffer size asked of the kernel (it caps it at `rmem_max` /
-/// `wmem_max`): the default ~200 KB drops bursts at high rates.
+/// Socket buffer size asked of the kernel.
 const SOCKET_BUFFER: usize = 4 << 20;
 
 /// Binds a UDP socket for an endpoint, with larger kernel buffers.
 pub(crate) fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
-    let domain = socket2::Domain::for_address(addr);
-    let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
-    // Best effort: a smaller buffer only costs throughput.
-    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
-    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
-    sock.bind(&addr.into())?;
-    sock.set_nonblocking(true)?;
-    Ok(sock.into())
+    relay_link::udp::bind_udp(addr, SOCKET_BUFFER)
 }
 
 /// A handle that can silence a socket handed to s2n-quic.

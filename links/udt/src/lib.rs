@@ -66,18 +66,9 @@ impl UdtTransport {
         identity: &Identity,
         config: LinkConfig,
     ) -> Result<UdtTransport, LinkError> {
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::DGRAM,
-            Some(socket2::Protocol::UDP),
-        )?;
         // Large buffers: a burst of a whole congestion window must not be
         // dropped by the kernel before the driver reads it.
-        let _ = socket.set_recv_buffer_size(8 << 20);
-        let _ = socket.set_send_buffer_size(8 << 20);
-        socket.set_nonblocking(true)?;
-        socket.bind(&addr.into())?;
-        let socket = UdpSocket::from_std(socket.into())?;
+        let socket = UdpSocket::from_std(relay_link::udp::bind_udp(addr, 8 << 20)?)?;
         let local = socket.local_addr()?;
         let mut secret = [0u8; 32];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
