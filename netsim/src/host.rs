@@ -74,7 +74,31 @@ pub struct Host {
     retx_seen: BTreeMap<SocketAddr, u64>,
     /// Relay cells forwarded by earlier incarnations.
     pub relayed_before: u64,
-    buf: Vec<u8>,
+}
+
+/// Spare datagram buffers: a datagram's buffer goes back here once it is
+/// delivered or dropped, so sending one allocates nothing.
+#[derive(Default)]
+pub struct BufPool {
+    spare: Vec<Vec<u8>>,
+}
+
+/// Buffers kept at most (about 6 MiB).
+const POOL_MAX: usize = 4096;
+
+impl BufPool {
+    /// An empty buffer (with room for a datagram).
+    pub fn take(&mut self) -> Vec<u8> {
+        self.spare.pop().unwrap_or_else(|| Vec::with_capacity(1536))
+    }
+
+    /// Returns a buffer.
+    pub fn give(&mut self, mut buf: Vec<u8>) {
+        if self.spare.len() < POOL_MAX {
+            buf.clear();
+            self.spare.push(buf);
+        }
+    }
 }
 
 impl Host {
@@ -96,7 +120,6 @@ impl Host {
             retransmitted: 0,
             retx_seen: BTreeMap::new(),
             relayed_before: 0,
-            buf: Vec::with_capacity(2048),
         }
     }
 
@@ -242,7 +265,13 @@ impl Host {
 
     /// Moves cells from the node into connections and collects the
     /// datagrams the link core sends now.
-    pub fn flush(&mut self, now: Time, probes: &mut Probes, out: &mut Vec<Datagram>) {
+    pub fn flush(
+        &mut self,
+        now: Time,
+        probes: &mut Probes,
+        pool: &mut BufPool,
+        out: &mut Vec<Datagram>,
+    ) {
         while let Some(l) = self.node.poll_ready_link() {
             self.blocked.insert(l);
         }
@@ -278,10 +307,15 @@ impl Host {
                 }
             }
             let before = out.len();
-            while let Some(to) = self.core.poll_transmit(now, &mut self.buf) {
+            loop {
+                let mut buf = pool.take();
+                let Some(to) = self.core.poll_transmit(now, &mut buf) else {
+                    pool.give(buf);
+                    break;
+                };
                 let mut circuits = Vec::new();
                 if probes.index(self.addr, to).is_some() {
-                    self.core.datagram_circuits(&to, &self.buf, &mut circuits);
+                    self.core.datagram_circuits(&to, &buf, &mut circuits);
                 }
                 let total = self.core.retransmitted(&to);
                 let seen = self.retx_seen.entry(to).or_insert(0);
@@ -289,7 +323,7 @@ impl Host {
                 *seen = total;
                 out.push(Datagram {
                     to,
-                    data: self.buf.clone(),
+                    data: buf,
                     circuits,
                 });
             }

@@ -11,24 +11,27 @@ use std::collections::BinaryHeap;
 
 use relay_kernel::Time;
 
-struct Entry<E> {
-    at: Time,
+/// A heap entry: the key and where the event waits. Kept small (24 bytes)
+/// because the heap moves entries on every push and pop; the events
+/// themselves (datagrams, up to ~80 bytes) stay put in `slots`.
+struct Entry {
+    at: u64,
     seq: u64,
-    event: E,
+    slot: u32,
 }
 
-impl<E> PartialEq for Entry<E> {
+impl PartialEq for Entry {
     fn eq(&self, other: &Self) -> bool {
         (self.at, self.seq) == (other.at, other.seq)
     }
 }
-impl<E> Eq for Entry<E> {}
-impl<E> PartialOrd for Entry<E> {
+impl Eq for Entry {}
+impl PartialOrd for Entry {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
-impl<E> Ord for Entry<E> {
+impl Ord for Entry {
     fn cmp(&self, other: &Self) -> Ordering {
         // Reversed: BinaryHeap is a max-heap and we want the earliest first.
         (other.at, other.seq).cmp(&(self.at, self.seq))
@@ -37,7 +40,9 @@ impl<E> Ord for Entry<E> {
 
 /// Pending events.
 pub struct EventQueue<E> {
-    heap: BinaryHeap<Entry<E>>,
+    heap: BinaryHeap<Entry>,
+    slots: Vec<Option<E>>,
+    free: Vec<u32>,
     seq: u64,
 }
 
@@ -45,6 +50,8 @@ impl<E> Default for EventQueue<E> {
     fn default() -> Self {
         EventQueue {
             heap: BinaryHeap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
             seq: 0,
         }
     }
@@ -54,21 +61,34 @@ impl<E> EventQueue<E> {
     /// Schedules `event` at `at`.
     pub fn push(&mut self, at: Time, event: E) {
         self.seq += 1;
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = Some(event);
+                s
+            }
+            None => {
+                self.slots.push(Some(event));
+                (self.slots.len() - 1) as u32
+            }
+        };
         self.heap.push(Entry {
-            at,
+            at: at.nanos(),
             seq: self.seq,
-            event,
+            slot,
         });
     }
 
     /// Takes the earliest event.
     pub fn pop(&mut self) -> Option<(Time, E)> {
-        self.heap.pop().map(|e| (e.at, e.event))
+        let e = self.heap.pop()?;
+        self.free.push(e.slot);
+        let event = self.slots.get_mut(e.slot as usize)?.take()?;
+        Some((Time(e.at), event))
     }
 
     /// When the earliest event is due.
     pub fn peek_time(&self) -> Option<Time> {
-        self.heap.peek().map(|e| e.at)
+        self.heap.peek().map(|e| Time(e.at))
     }
 
     /// Events pending.

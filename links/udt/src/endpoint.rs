@@ -88,12 +88,35 @@ enum Pending {
 }
 
 /// The endpoint.
+///
+/// Connections live in `slots`, in the order they were established (the
+/// round-robin order of `poll_transmit`); `conns` maps addresses to slot
+/// positions and is iterated (in its hash order) by `handle_timeout`.
+/// Per slot, dense arrays cache what the hot paths need so that they do
+/// not visit every connection:
+///
+/// - `hint`: a time before which the connection's `poll_transmit` returns
+///   false (`Conn::transmit_hint`), 0 when it must be asked;
+/// - `deadline`: the connection's `timeout()`, `u64::MAX` while the
+///   connection is *touched* (handed out mutably or fed an input since the
+///   cache was filled; listed in `touched`);
+/// - `check`: whether `handle_timeout` must look at it even when no timer
+///   is due (it ended, its close completed, or it echoes its handshake).
+///
+/// The caches only skip work whose result is known; the order in which
+/// connections are served and everything they do is as if every
+/// connection were asked every time (debug builds check this).
 pub struct Endpoint {
     key: StaticKey,
     config: EndpointConfig,
     pending: crate::FastMap<SocketAddr, Pending>,
-    conns: crate::FastMap<SocketAddr, Conn>,
+    conns: crate::FastMap<SocketAddr, usize>,
+    slots: Vec<Conn>,
     order: Vec<SocketAddr>,
+    hint: Vec<u64>,
+    deadline: Vec<u64>,
+    check: Vec<bool>,
+    touched: Vec<usize>,
     rr: usize,
     events: VecDeque<EndpointEvent>,
     outbox: VecDeque<(SocketAddr, Vec<u8>)>,
@@ -118,7 +141,12 @@ impl Endpoint {
             config,
             pending: crate::fast_map(seed),
             conns: crate::fast_map(seed ^ 1),
+            slots: Vec::new(),
             order: Vec::new(),
+            hint: Vec::new(),
+            deadline: Vec::new(),
+            check: Vec::new(),
+            touched: Vec::new(),
             rr: 0,
             events: VecDeque::new(),
             outbox: VecDeque::new(),
@@ -136,7 +164,7 @@ impl Endpoint {
         expected: NodeId,
     ) -> Result<(), LinkError> {
         // One connection per address pair (packets carry no connection id).
-        if let Some(c) = self.conns.get(&addr) {
+        if let Some(c) = self.conn_ref(&addr) {
             return Err(if c.peer == expected {
                 LinkError::Handshake("already connected to that address")
             } else {
@@ -180,8 +208,11 @@ impl Endpoint {
             return;
         };
         match ty {
-            DATA => match self.conns.get_mut(&from) {
-                Some(c) => c.handle_data(now, data),
+            DATA => match self.conns.get(&from).copied() {
+                Some(pos) => {
+                    self.touch(pos);
+                    self.slots[pos].handle_data(now, data);
+                }
                 None => self.dropped += 1,
             },
             HS_INIT => self.on_init(now, from, &data[1..]),
@@ -253,7 +284,7 @@ impl Endpoint {
     }
 
     fn on_resp(&mut self, now: Time, from: SocketAddr, msg2: &[u8]) {
-        if let Some(c) = self.conns.get(&from) {
+        if let Some(c) = self.conn_ref(&from) {
             // Our message 3 was lost: send it again.
             if let Some(fin) = &c.handshake_echo {
                 self.outbox.push_back((from, fin.clone()));
@@ -318,13 +349,46 @@ impl Endpoint {
             peer: conn.peer,
             initiator: conn.initiator,
         });
-        self.conns.insert(addr, conn);
+        let pos = self.slots.len();
+        self.conns.insert(addr, pos);
+        self.slots.push(conn);
         self.order.push(addr);
+        self.hint.push(0);
+        self.deadline.push(0);
+        self.check.push(false);
+        self.touch(pos);
+    }
+
+    /// Marks the connection at `pos` as possibly changed: its caches are
+    /// refilled by the next `settle`.
+    fn touch(&mut self, pos: usize) {
+        self.hint[pos] = 0;
+        if self.deadline[pos] != u64::MAX {
+            self.deadline[pos] = u64::MAX;
+            self.touched.push(pos);
+        }
+    }
+
+    /// Refills the caches of touched connections.
+    fn settle(&mut self) {
+        for pos in self.touched.drain(..) {
+            let c = &self.slots[pos];
+            self.deadline[pos] = c.timeout().nanos();
+            self.check[pos] = c.ended().is_some() || c.close_done() || c.needs_handshake_echo();
+        }
     }
 
     /// The connection to `addr`.
     pub fn conn(&mut self, addr: &SocketAddr) -> Option<&mut Conn> {
-        self.conns.get_mut(addr)
+        let pos = *self.conns.get(addr)?;
+        self.touch(pos);
+        self.slots.get_mut(pos)
+    }
+
+    /// The connection to `addr`, read only (leaves the endpoint's caches
+    /// valid, unlike [`Endpoint::conn`]).
+    pub fn conn_ref(&self, addr: &SocketAddr) -> Option<&Conn> {
+        self.conns.get(addr).and_then(|&pos| self.slots.get(pos))
     }
 
     /// Addresses of established connections.
@@ -345,27 +409,65 @@ impl Endpoint {
             out.extend_from_slice(&dg);
             return Some(addr);
         }
-        let n = self.order.len();
-        for i in 0..n {
-            let addr = self.order[(self.rr + i) % n];
-            if let Some(c) = self.conns.get_mut(&addr) {
-                if c.poll_transmit(now, out) {
-                    self.rr = (self.rr + i + 1) % n;
-                    return Some(addr);
-                }
+        let n = self.slots.len();
+        let t = now.nanos();
+        // Round robin from `rr`: the first connection with something to
+        // send. Those whose hint lies ahead would say no (debug builds ask
+        // them anyway and check).
+        for pos in (self.rr..n).chain(0..self.rr.min(n)) {
+            if self.hint[pos] > t {
+                #[cfg(debug_assertions)]
+                self.check_skipped(pos, now);
+                continue;
             }
+            let c = &mut self.slots[pos];
+            if c.poll_transmit(now, out) {
+                self.touch(pos);
+                self.rr = (pos + 1) % n;
+                return Some(self.order[pos]);
+            }
+            self.hint[pos] = c.transmit_hint().nanos().max(1);
         }
+        self.settle();
         None
+    }
+
+    #[cfg(debug_assertions)]
+    fn check_skipped(&mut self, pos: usize, now: Time) {
+        let mut scratch = Vec::new();
+        assert!(
+            !self.slots[pos].poll_transmit(now, &mut scratch),
+            "udt endpoint: a skipped connection had something to send"
+        );
     }
 
     /// When `handle_timeout` should next run.
     pub fn poll_timeout(&self) -> Option<Time> {
-        let conns = self.conns.values().map(|c| c.timeout());
+        let cached = self.deadline.iter().copied().min().map(Time);
+        let touched = self.touched.iter().map(|&pos| self.slots[pos].timeout());
         let pending = self.pending.values().map(|p| match p {
             Pending::Dialing { last_sent, .. } => last_sent.plus_nanos(self.config.handshake_retry),
             Pending::Answering { started, .. } => started.plus_nanos(self.config.handshake_timeout),
         });
-        conns.chain(pending).min()
+        let t = cached.into_iter().chain(touched).chain(pending).min();
+        #[cfg(debug_assertions)]
+        {
+            let all = self.slots.iter().map(|c| c.timeout());
+            let pending = self.pending.values().map(|p| match p {
+                Pending::Dialing { last_sent, .. } => {
+                    last_sent.plus_nanos(self.config.handshake_retry)
+                }
+                Pending::Answering { started, .. } => {
+                    started.plus_nanos(self.config.handshake_timeout)
+                }
+            });
+            assert_eq!(
+                t,
+                all.chain(pending).min(),
+                "udt endpoint: stale timer cache"
+            );
+        }
+        t
     }
 
     /// Runs timers: handshake resends and expiry, connection timers, ends.
@@ -405,9 +507,26 @@ impl Endpoint {
                 });
             }
         }
+        self.settle();
+        let t = now.nanos();
         let mut ended = Vec::new();
-        for (addr, c) in self.conns.iter_mut() {
-            c.handle_timeout(now);
+        // In the map's order, as before the caches; a connection whose
+        // timer is not due and that has nothing to report is left alone
+        // (its handle_timeout would do nothing).
+        for (addr, &pos) in self.conns.iter() {
+            let due = self.deadline[pos] <= t;
+            if !due && !self.check[pos] {
+                continue;
+            }
+            let c = &mut self.slots[pos];
+            if due {
+                c.handle_timeout(now);
+                self.hint[pos] = 0;
+                if self.deadline[pos] != u64::MAX {
+                    self.deadline[pos] = u64::MAX;
+                    self.touched.push(pos);
+                }
+            }
             if c.needs_handshake_echo() && now.since(c.rtt_anchor()) >= retry {
                 if let Some(fin) = &c.handshake_echo {
                     self.outbox.push_back((*addr, fin.clone()));
@@ -429,8 +548,18 @@ impl Endpoint {
 
     /// Forgets a connection and reports it.
     pub fn remove(&mut self, addr: SocketAddr, reason: Ended) {
-        if self.conns.remove(&addr).is_some() {
-            self.order.retain(|a| *a != addr);
+        self.settle();
+        if let Some(pos) = self.conns.remove(&addr) {
+            self.slots.remove(pos);
+            self.order.remove(pos);
+            self.hint.remove(pos);
+            self.deadline.remove(pos);
+            self.check.remove(pos);
+            for p in self.conns.values_mut() {
+                if *p > pos {
+                    *p -= 1;
+                }
+            }
             self.rr = 0;
             self.events
                 .push_back(EndpointEvent::Closed { addr, reason });
