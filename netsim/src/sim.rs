@@ -97,7 +97,6 @@ pub struct Sim {
     pub hosts: Vec<Host>,
     keys: Vec<Keys>,
     addrs: Vec<SocketAddr>,
-    addr_index: BTreeMap<SocketAddr, usize>,
     ids: BTreeMap<NodeId, usize>,
     /// The network.
     pub net: Network,
@@ -291,7 +290,6 @@ impl Sim {
             queue: crate::queue::EventQueue::default(),
             hosts: Vec::new(),
             keys,
-            addr_index: addrs.iter().enumerate().map(|(i, a)| (*a, i)).collect(),
             ids: infos.iter().enumerate().map(|(i, h)| (h.id, i)).collect(),
             addrs,
             net,
@@ -555,6 +553,17 @@ impl Sim {
         self.out = out;
     }
 
+    /// The host at a virtual address (the inverse of `host_addr`).
+    fn host_at(&self, addr: &SocketAddr) -> Option<usize> {
+        let SocketAddr::V4(v4) = addr else {
+            return None;
+        };
+        let [a, b, c, d] = v4.ip().octets();
+        let n = (usize::from(b) << 16) | (usize::from(c) << 8) | usize::from(d);
+        let i = n.checked_sub(1)?;
+        (a == 10 && self.addrs.get(i) == Some(addr)).then_some(i)
+    }
+
     fn lost(&mut self, from: usize, to: usize, circuits: &[u32]) {
         if let Some(p) = self.probes.index(self.addrs[from], self.addrs[to]) {
             self.probes.lost(p, self.now, circuits);
@@ -565,7 +574,7 @@ impl Sim {
     fn send(&mut self, from: usize, dg: Datagram) {
         let now = self.now;
         self.datagrams += 1;
-        let Some(&to) = self.addr_index.get(&dg.to) else {
+        let Some(to) = self.host_at(&dg.to) else {
             self.pool.give(dg.data);
             return;
         };
