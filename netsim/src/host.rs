@@ -74,6 +74,9 @@ pub struct Host {
     retx_seen: BTreeMap<SocketAddr, u64>,
     /// Relay cells forwarded by earlier incarnations.
     pub relayed_before: u64,
+    /// Reused buffers (no allocation per call).
+    fresh: VecDeque<SocketAddr>,
+    links_scratch: Vec<LinkId>,
 }
 
 /// Spare datagram buffers: a datagram's buffer goes back here once it is
@@ -120,6 +123,8 @@ impl Host {
             retransmitted: 0,
             retx_seen: BTreeMap::new(),
             relayed_before: 0,
+            fresh: VecDeque::new(),
+            links_scratch: Vec::new(),
         }
     }
 
@@ -189,7 +194,9 @@ impl Host {
         probes: &mut Probes,
         app: &mut Vec<AppEvent>,
     ) {
-        let mut fresh: VecDeque<SocketAddr> = from.into_iter().collect();
+        let mut fresh = std::mem::take(&mut self.fresh);
+        fresh.clear();
+        fresh.extend(from);
         loop {
             let mut progress = false;
             while let Some(ev) = self.core.poll_event() {
@@ -261,6 +268,7 @@ impl Host {
                 break;
             }
         }
+        self.fresh = fresh;
     }
 
     /// Moves cells from the node into connections and collects the
@@ -278,22 +286,24 @@ impl Host {
         let mut rounds = 0;
         loop {
             rounds += 1;
-            let links: Vec<LinkId> = self.blocked.iter().copied().collect();
-            for link in links {
+            let mut links = std::mem::take(&mut self.links_scratch);
+            links.clear();
+            links.extend(self.blocked.iter().copied());
+            for &link in &links {
                 let Some(addr) = self.addr_of.get(&link).copied() else {
                     self.blocked.remove(&link);
                     continue;
                 };
                 let probe = probes.index(self.addr, addr);
-                loop {
-                    match self.core.queued_cells(&addr) {
-                        Some(n) if n < CORE_QUEUE_CELLS => {}
-                        Some(_) => break,
-                        None => {
-                            self.blocked.remove(&link);
-                            break;
-                        }
+                // Each queued cell adds one to the connection's queue.
+                let mut room = match self.core.queued_cells(&addr) {
+                    Some(n) => CORE_QUEUE_CELLS.saturating_sub(n),
+                    None => {
+                        self.blocked.remove(&link);
+                        continue;
                     }
+                };
+                while room > 0 {
                     let Some(cell) = self.node.poll_transmit(link) else {
                         self.blocked.remove(&link);
                         break;
@@ -303,9 +313,13 @@ impl Host {
                     }
                     if let Err(cell) = self.core.queue_cell(&addr, cell) {
                         self.node.recycle(cell);
+                        self.blocked.remove(&link);
+                        break;
                     }
+                    room -= 1;
                 }
             }
+            self.links_scratch = links;
             let before = out.len();
             loop {
                 let mut buf = pool.take();
