@@ -117,6 +117,9 @@ pub struct Endpoint {
     deadline: Vec<u64>,
     check: Vec<bool>,
     touched: Vec<usize>,
+    /// Ask every connection every time (the behaviour before the caches;
+    /// tests compare the two).
+    naive: bool,
     rr: usize,
     events: VecDeque<EndpointEvent>,
     outbox: VecDeque<(SocketAddr, Vec<u8>)>,
@@ -147,6 +150,7 @@ impl Endpoint {
             deadline: Vec::new(),
             check: Vec::new(),
             touched: Vec::new(),
+            naive: false,
             rr: 0,
             events: VecDeque::new(),
             outbox: VecDeque::new(),
@@ -415,7 +419,7 @@ impl Endpoint {
         // send. Those whose hint lies ahead would say no (debug builds ask
         // them anyway and check).
         for pos in (self.rr..n).chain(0..self.rr.min(n)) {
-            if self.hint[pos] > t {
+            if self.hint[pos] > t && !self.naive {
                 #[cfg(debug_assertions)]
                 self.check_skipped(pos, now);
                 continue;
@@ -514,7 +518,7 @@ impl Endpoint {
         // timer is not due and that has nothing to report is left alone
         // (its handle_timeout would do nothing).
         for (addr, &pos) in self.conns.iter() {
-            let due = self.deadline[pos] <= t;
+            let due = self.deadline[pos] <= t || self.naive;
             if !due && !self.check[pos] {
                 continue;
             }
@@ -577,4 +581,126 @@ fn init_datagram(cookie: &[u8], msg1: &[u8]) -> Vec<u8> {
     dg.extend_from_slice(cookie);
     dg.extend_from_slice(msg1);
     dg
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::collections::BTreeMap;
+
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+    use relay_kernel::{Cell, CellCommand};
+    use relay_link::Identity;
+
+    use super::*;
+
+    /// What the hub sent: (time, destination, length, packet type).
+    type Transcript = Vec<(u64, SocketAddr, usize, u8)>;
+
+    /// A hub with eight spokes over lossy paths of different latencies;
+    /// the hub queues bursts of cells to random spokes at random times,
+    /// the spokes read and answer. Returns the hub's transmissions.
+    fn hub_run(naive: bool, seed: u64) -> Transcript {
+        const SPOKES: usize = 8;
+        let key = |b: u8| StaticKey::new(&Identity::from_secret([b; 32])).unwrap();
+        let addr = |i: usize| -> SocketAddr { format!("10.0.0.{}:1", i + 1).parse().unwrap() };
+        let config = EndpointConfig::default();
+        // Endpoint 0 is the hub.
+        let mut eps: Vec<Endpoint> = (0..=SPOKES)
+            .map(|i| Endpoint::new(key(i as u8 + 1), config, [i as u8 + 1; 32]))
+            .collect();
+        eps[0].naive = naive;
+        let hub_id = Identity::from_secret([1; 32]).node_id();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut now = Time(1);
+        for ep in eps.iter_mut().skip(1) {
+            ep.connect(now, addr(0), hub_id).unwrap();
+        }
+        let mut flight: BTreeMap<(u64, u64), (usize, usize, Vec<u8>)> = BTreeMap::new();
+        let mut seq = 0u64;
+        let mut transcript = Transcript::new();
+        let mut next_app = 5_000_000u64;
+        let mut buf = Vec::new();
+        while now.nanos() < 4_000_000_000 {
+            for (i, ep) in eps.iter_mut().enumerate() {
+                while let Some(to) = ep.poll_transmit(now, &mut buf) {
+                    let j = (0..=SPOKES).find(|&j| addr(j) == to).unwrap();
+                    if i == 0 {
+                        transcript.push((now.nanos(), to, buf.len(), buf[0]));
+                    }
+                    if rng.gen_bool(0.03) {
+                        continue;
+                    }
+                    let spoke = i.max(j);
+                    let latency = 2_000_000 + spoke as u64 * 1_500_000 + rng.gen_range(0..200_000);
+                    seq += 1;
+                    flight.insert((now.nanos() + latency, seq), (i, j, buf.clone()));
+                }
+            }
+            let next = eps
+                .iter()
+                .filter_map(|e| e.poll_timeout())
+                .map(|t| t.nanos())
+                .chain(flight.keys().next().map(|k| k.0))
+                .chain([next_app])
+                .min()
+                .unwrap();
+            now = Time(next.max(now.nanos() + 1));
+            while let Some(entry) = flight.first_entry() {
+                if entry.key().0 > now.nanos() {
+                    break;
+                }
+                let (from, to, mut data) = entry.remove();
+                eps[to].handle_datagram(now, addr(from), &mut data);
+            }
+            for ep in eps.iter_mut() {
+                if ep.poll_timeout().is_some_and(|t| t <= now) {
+                    ep.handle_timeout(now);
+                }
+                while ep.poll_event().is_some() {}
+            }
+            if now.nanos() >= next_app {
+                next_app = now.nanos() + rng.gen_range(100_000..6_000_000);
+                let spoke = rng.gen_range(1..=SPOKES);
+                let cells = rng.gen_range(1..60);
+                if let Some(c) = eps[0].conn(&addr(spoke)) {
+                    for k in 0..cells {
+                        c.queue_cell(Cell::new(1 + k % 3, CellCommand::Relay));
+                    }
+                }
+                // Now and then a spoke answers.
+                let other = rng.gen_range(1..=SPOKES);
+                if let Some(c) = eps[other].conn(&addr(0)) {
+                    c.queue_cell(Cell::new(7, CellCommand::Relay));
+                }
+            }
+            for ep in eps.iter_mut().skip(1) {
+                if let Some(c) = ep.conn(&addr(0)) {
+                    while c.pop_ready().is_some() {}
+                }
+            }
+            // The hub reads only now and then (reading touches every
+            // connection, which resets the caches).
+            if rng.gen_bool(0.01) {
+                for j in 1..=SPOKES {
+                    if let Some(c) = eps[0].conn(&addr(j)) {
+                        while c.pop_ready().is_some() {}
+                    }
+                }
+            }
+        }
+        transcript
+    }
+
+    #[test]
+    fn caches_give_the_same_transmissions_as_asking_everyone() {
+        for seed in 1..=3 {
+            let cached = hub_run(false, seed);
+            let naive = hub_run(true, seed);
+            assert!(cached.len() > 1000, "too little traffic: {}", cached.len());
+            assert_eq!(cached, naive, "seed {seed}");
+        }
+    }
 }
