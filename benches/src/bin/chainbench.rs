@@ -324,23 +324,70 @@ fn hold_circuits(entry: SocketAddr, n: usize) -> Vec<TcpStream> {
     v
 }
 
+const USAGE: &str =
+    "usage: chainbench [--link udt|tcp|quic|s2n] [--bulk-mb N] [--reps N] [--circuits N]";
+
+struct Opts {
+    link: String,
+    bulk_mb: u64,
+    reps: usize,
+    circuits: usize,
+}
+
+/// Strict flags: an unknown flag or a bad value is an error, not a default.
+fn parse_args(args: &[String]) -> Result<Opts, String> {
+    let mut o = Opts {
+        link: "udt".into(),
+        bulk_mb: 400,
+        reps: 9,
+        circuits: 1000,
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let number = |v: &str| -> Result<u64, String> {
+            v.parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{flag} takes a positive integer, not {v:?}"))
+        };
+        match flag.as_str() {
+            "--link" if ["udt", "tcp", "quic", "s2n"].contains(&value.as_str()) => {
+                o.link = value.clone()
+            }
+            "--link" => return Err(format!("unknown link kind {value:?}")),
+            "--bulk-mb" => o.bulk_mb = number(value)?,
+            "--reps" => o.reps = number(value)? as usize,
+            "--circuits" => o.circuits = number(value)? as usize,
+            _ => return Err(format!("unknown option {flag:?}")),
+        }
+    }
+    Ok(o)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--forwarder") {
         forwarder(&args[2], &args[3]);
     }
-    let opt = |k: &str| {
-        args.iter()
-            .position(|a| a == k)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
+    let opts = match parse_args(&args[1..]) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("chainbench: {e}\n{USAGE}");
+            std::process::exit(2);
+        }
     };
-    let link = opt("--link").unwrap_or_else(|| "udt".into());
-    let bulk: u64 = opt("--bulk-mb").and_then(|s| s.parse().ok()).unwrap_or(400) << 20;
-    let reps: usize = opt("--reps").and_then(|s| s.parse().ok()).unwrap_or(9);
-    let circuits: usize = opt("--circuits")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
+    let Opts {
+        link,
+        bulk_mb,
+        reps,
+        circuits,
+    } = opts;
+    let bulk = bulk_mb << 20;
     if !relayd_bin().exists() {
         eprintln!(
             "chainbench: {} not found; run `cargo build --release -p relayd` first or set RELAYD_BIN",
