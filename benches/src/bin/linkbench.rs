@@ -2,8 +2,8 @@
 //! raw TCP baselines, reporting cell-payload throughput and CPU seconds per
 //! GB (both ends together, this process's user + system time).
 //!
-//! `cargo run --release -p relay-benches --bin linkbench -- [MB]` (default
-//! 300 MB per link kind).
+//! `cargo run --release -p relay-benches --bin linkbench -- [MB] [CIRCUITS]`
+//! (default 300 MB per link kind over 64 circuits).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -53,7 +53,13 @@ impl Row {
     }
 }
 
-async fn link_run(name: &str, a: Arc<dyn Transport>, b: Arc<dyn Transport>, mb: u64) -> Row {
+async fn link_run(
+    name: &str,
+    a: Arc<dyn Transport>,
+    b: Arc<dyn Transport>,
+    mb: u64,
+    circuits: u64,
+) -> Row {
     let (la, lb) = tokio::join!(
         a.connect(b.local_addr(), Identity::from_secret([2; 32]).node_id()),
         b.accept()
@@ -68,13 +74,19 @@ async fn link_run(name: &str, a: Arc<dyn Transport>, b: Arc<dyn Transport>, mb: 
     let sender = tokio::spawn(async move {
         for i in 0..cells {
             let mut c = Cell::from_slice(template.as_bytes()).unwrap();
-            // 64 circuits, as a busy relay link would carry.
-            c.set_header(0x8000_0001 + (i % 64) as u32, CellCommand::Relay);
+            // Round robin over the circuits (64 by default, as a busy
+            // relay link would carry).
+            c.set_header(0x8000_0001 + (i % circuits) as u32, CellCommand::Relay);
             tx.send(c).await.unwrap();
         }
     });
-    for _ in 0..cells {
-        lb.rx.recv().await.expect("link closed");
+    let mut got = 0;
+    let mut batch = Vec::with_capacity(256);
+    while got < cells {
+        let n = lb.rx.recv_many(&mut batch, 256).await;
+        assert!(n > 0, "link closed");
+        got += n as u64;
+        batch.clear();
     }
     let wall = start.elapsed();
     let cpu = cpu_seconds() - cpu0;
@@ -223,10 +235,16 @@ async fn raw_udp(mb: u64, segments: usize) -> Row {
 }
 
 fn main() {
-    let mb: u64 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(300);
+    let arg = |i: usize, default: u64| -> u64 {
+        match std::env::args().nth(i) {
+            None => default,
+            Some(a) => a.parse().ok().filter(|n| *n > 0).unwrap_or_else(|| {
+                eprintln!("usage: linkbench [MB] [CIRCUITS] (positive integers)");
+                std::process::exit(2)
+            }),
+        }
+    };
+    let (mb, circuits) = (arg(1, 300), arg(2, 64));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -236,23 +254,37 @@ fn main() {
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let cfg = LinkConfig::default();
         let (ia, ib) = (Identity::from_secret([1; 32]), Identity::from_secret([2; 32]));
-        println!("linkbench: {mb} MB of cells per link kind, one link, 64 circuits, 127.0.0.1, 2 tokio workers");
+        println!("linkbench: {mb} MB of cells per link kind, one link, {circuits} circuits, 127.0.0.1, 2 tokio workers");
         println!("| {:<36} | Gbit/s   | CPU s/GB  | secs   |", "kind");
         println!("|---|---:|---:|---:|");
-        raw_udp(mb, 1).await.print();
-        raw_udp(mb, 32).await.print();
-        raw_tcp(mb).await.print();
-        let a: Arc<dyn Transport> = Arc::new(relay_link_tcp::TcpTransport::bind(any, &ia, cfg).await.unwrap());
-        let b: Arc<dyn Transport> = Arc::new(relay_link_tcp::TcpTransport::bind(any, &ib, cfg).await.unwrap());
-        link_run("tcp link", a, b, mb).await.print();
-        let a: Arc<dyn Transport> = Arc::new(relay_link_udt::UdtTransport::bind(any, &ia, cfg).await.unwrap());
-        let b: Arc<dyn Transport> = Arc::new(relay_link_udt::UdtTransport::bind(any, &ib, cfg).await.unwrap());
-        link_run("udt link", a, b, mb).await.print();
-        let a: Arc<dyn Transport> = Arc::new(relay_link_quic::QuicTransport::bind(any, &ia, cfg).await.unwrap());
-        let b: Arc<dyn Transport> = Arc::new(relay_link_quic::QuicTransport::bind(any, &ib, cfg).await.unwrap());
-        link_run("quic link (quinn)", a, b, mb).await.print();
-        let a: Arc<dyn Transport> = Arc::new(relay_link_s2n::S2nTransport::bind(any, &ia, cfg).await.unwrap());
-        let b: Arc<dyn Transport> = Arc::new(relay_link_s2n::S2nTransport::bind(any, &ib, cfg).await.unwrap());
-        link_run("s2n link (s2n-quic)", a, b, mb).await.print();
+        // LINKBENCH_ONLY=quic (or udt, tcp, s2n, raw) runs one row group,
+        // e.g. under a profiler.
+        let only = std::env::var("LINKBENCH_ONLY").ok();
+        let run = |k: &str| only.as_deref().is_none_or(|o| o == k);
+        if run("raw") {
+            raw_udp(mb, 1).await.print();
+            raw_udp(mb, 32).await.print();
+            raw_tcp(mb).await.print();
+        }
+        if run("tcp") {
+            let a: Arc<dyn Transport> = Arc::new(relay_link_tcp::TcpTransport::bind(any, &ia, cfg).await.unwrap());
+            let b: Arc<dyn Transport> = Arc::new(relay_link_tcp::TcpTransport::bind(any, &ib, cfg).await.unwrap());
+            link_run("tcp link", a, b, mb, circuits).await.print();
+        }
+        if run("udt") {
+            let a: Arc<dyn Transport> = Arc::new(relay_link_udt::UdtTransport::bind(any, &ia, cfg).await.unwrap());
+            let b: Arc<dyn Transport> = Arc::new(relay_link_udt::UdtTransport::bind(any, &ib, cfg).await.unwrap());
+            link_run("udt link", a, b, mb, circuits).await.print();
+        }
+        if run("quic") {
+            let a: Arc<dyn Transport> = Arc::new(relay_link_quic::QuicTransport::bind(any, &ia, cfg).await.unwrap());
+            let b: Arc<dyn Transport> = Arc::new(relay_link_quic::QuicTransport::bind(any, &ib, cfg).await.unwrap());
+            link_run("quic link (quinn)", a, b, mb, circuits).await.print();
+        }
+        if run("s2n") {
+            let a: Arc<dyn Transport> = Arc::new(relay_link_s2n::S2nTransport::bind(any, &ia, cfg).await.unwrap());
+            let b: Arc<dyn Transport> = Arc::new(relay_link_s2n::S2nTransport::bind(any, &ib, cfg).await.unwrap());
+            link_run("s2n link (s2n-quic)", a, b, mb, circuits).await.print();
+        }
     });
 }

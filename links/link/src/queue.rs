@@ -328,11 +328,25 @@ impl CellRx {
 
     /// The next cell, or `None` once the queue has ended.
     pub async fn recv(&mut self) -> Option<Cell> {
-        let mut one = Vec::with_capacity(1);
-        match self.recv_many(&mut one, 1).await {
-            0 => None,
-            _ => one.pop(),
-        }
+        poll_fn(|cx| {
+            let (cell, wakers) = {
+                let mut st = self.shared.lock();
+                match st.cells.pop_front() {
+                    Some(c) => (c, std::mem::take(&mut st.tx_wakers)),
+                    None if st.closed => return Poll::Ready(None),
+                    None => {
+                        match &st.rx_waker {
+                            Some(w) if w.will_wake(cx.waker()) => {}
+                            _ => st.rx_waker = Some(cx.waker().clone()),
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            };
+            wakers.into_iter().for_each(Waker::wake);
+            Poll::Ready(Some(cell))
+        })
+        .await
     }
 
     /// Whether the queue has ended (closed and drained).
