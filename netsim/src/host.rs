@@ -74,7 +74,34 @@ pub struct Host {
     retx_seen: BTreeMap<SocketAddr, u64>,
     /// Relay cells forwarded by earlier incarnations.
     pub relayed_before: u64,
-    buf: Vec<u8>,
+    /// Reused buffers (no allocation per call).
+    fresh: VecDeque<SocketAddr>,
+    links_scratch: Vec<LinkId>,
+}
+
+/// Spare datagram buffers: a datagram's buffer goes back here once it is
+/// delivered or dropped, so sending one allocates nothing.
+#[derive(Default)]
+pub struct BufPool {
+    spare: Vec<Vec<u8>>,
+}
+
+/// Buffers kept at most (about 6 MiB).
+const POOL_MAX: usize = 4096;
+
+impl BufPool {
+    /// An empty buffer (with room for a datagram).
+    pub fn take(&mut self) -> Vec<u8> {
+        self.spare.pop().unwrap_or_else(|| Vec::with_capacity(1536))
+    }
+
+    /// Returns a buffer.
+    pub fn give(&mut self, mut buf: Vec<u8>) {
+        if self.spare.len() < POOL_MAX {
+            buf.clear();
+            self.spare.push(buf);
+        }
+    }
 }
 
 impl Host {
@@ -96,7 +123,8 @@ impl Host {
             retransmitted: 0,
             retx_seen: BTreeMap::new(),
             relayed_before: 0,
-            buf: Vec::with_capacity(2048),
+            fresh: VecDeque::new(),
+            links_scratch: Vec::new(),
         }
     }
 
@@ -166,7 +194,9 @@ impl Host {
         probes: &mut Probes,
         app: &mut Vec<AppEvent>,
     ) {
-        let mut fresh: VecDeque<SocketAddr> = from.into_iter().collect();
+        let mut fresh = std::mem::take(&mut self.fresh);
+        fresh.clear();
+        fresh.extend(from);
         loop {
             let mut progress = false;
             while let Some(ev) = self.core.poll_event() {
@@ -238,33 +268,42 @@ impl Host {
                 break;
             }
         }
+        self.fresh = fresh;
     }
 
     /// Moves cells from the node into connections and collects the
     /// datagrams the link core sends now.
-    pub fn flush(&mut self, now: Time, probes: &mut Probes, out: &mut Vec<Datagram>) {
+    pub fn flush(
+        &mut self,
+        now: Time,
+        probes: &mut Probes,
+        pool: &mut BufPool,
+        out: &mut Vec<Datagram>,
+    ) {
         while let Some(l) = self.node.poll_ready_link() {
             self.blocked.insert(l);
         }
         let mut rounds = 0;
         loop {
             rounds += 1;
-            let links: Vec<LinkId> = self.blocked.iter().copied().collect();
-            for link in links {
+            let mut links = std::mem::take(&mut self.links_scratch);
+            links.clear();
+            links.extend(self.blocked.iter().copied());
+            for &link in &links {
                 let Some(addr) = self.addr_of.get(&link).copied() else {
                     self.blocked.remove(&link);
                     continue;
                 };
                 let probe = probes.index(self.addr, addr);
-                loop {
-                    match self.core.queued_cells(&addr) {
-                        Some(n) if n < CORE_QUEUE_CELLS => {}
-                        Some(_) => break,
-                        None => {
-                            self.blocked.remove(&link);
-                            break;
-                        }
+                // Each queued cell adds one to the connection's queue.
+                let mut room = match self.core.queued_cells(&addr) {
+                    Some(n) => CORE_QUEUE_CELLS.saturating_sub(n),
+                    None => {
+                        self.blocked.remove(&link);
+                        continue;
                     }
+                };
+                while room > 0 {
                     let Some(cell) = self.node.poll_transmit(link) else {
                         self.blocked.remove(&link);
                         break;
@@ -274,14 +313,23 @@ impl Host {
                     }
                     if let Err(cell) = self.core.queue_cell(&addr, cell) {
                         self.node.recycle(cell);
+                        self.blocked.remove(&link);
+                        break;
                     }
+                    room -= 1;
                 }
             }
+            self.links_scratch = links;
             let before = out.len();
-            while let Some(to) = self.core.poll_transmit(now, &mut self.buf) {
+            loop {
+                let mut buf = pool.take();
+                let Some(to) = self.core.poll_transmit(now, &mut buf) else {
+                    pool.give(buf);
+                    break;
+                };
                 let mut circuits = Vec::new();
                 if probes.index(self.addr, to).is_some() {
-                    self.core.datagram_circuits(&to, &self.buf, &mut circuits);
+                    self.core.datagram_circuits(&to, &buf, &mut circuits);
                 }
                 let total = self.core.retransmitted(&to);
                 let seen = self.retx_seen.entry(to).or_insert(0);
@@ -289,7 +337,7 @@ impl Host {
                 *seen = total;
                 out.push(Datagram {
                     to,
-                    data: self.buf.clone(),
+                    data: buf,
                     circuits,
                 });
             }

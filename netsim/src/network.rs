@@ -5,7 +5,8 @@
 //! (sender, receiver) pair, so the random fate of a datagram on one path
 //! never depends on traffic elsewhere.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use relay_kernel::Time;
 
@@ -36,8 +37,14 @@ pub struct Network {
     pub default_path: PathModel,
     /// Per-pair models (directed).
     pub overrides: BTreeMap<(usize, usize), PathModel>,
-    /// Live paths (directed).
-    pub paths: BTreeMap<(usize, usize), Path>,
+    /// Live paths (directed), in creation order; `pairs` and `index` find
+    /// them by (sender, receiver).
+    path_list: Vec<Path>,
+    /// Path positions by pair, ordered (for reports).
+    pairs: BTreeMap<(usize, usize), usize>,
+    /// Path positions by pair, for the per-datagram lookup (never iterated,
+    /// so hash order cannot leak into a run).
+    index: HashMap<u64, usize, BuildHasherDefault<PairHasher>>,
     /// Partitions.
     pub partitions: Vec<Partition>,
     /// Datagrams dropped by partitions.
@@ -60,7 +67,9 @@ impl Network {
             host_latency,
             default_path,
             overrides: BTreeMap::new(),
-            paths: BTreeMap::new(),
+            path_list: Vec::new(),
+            pairs: BTreeMap::new(),
+            index: HashMap::default(),
             partitions: Vec::new(),
             partitioned: 0,
         }
@@ -68,23 +77,43 @@ impl Network {
 
     /// The path from `a` to `b`, created on first use.
     pub fn path(&mut self, a: usize, b: usize) -> &mut Path {
-        let seed = self.seed;
-        let model = match self.overrides.get(&(a, b)) {
-            Some(m) => *m,
+        let key = ((a as u64) << 32) | b as u64;
+        let i = match self.index.get(&key) {
+            Some(&i) => i,
             None => {
-                let lat = |h: usize| self.host_latency.get(h).copied().unwrap_or(0);
-                PathModel {
-                    latency: lat(a) + lat(b),
-                    ..self.default_path
-                }
+                let model = match self.overrides.get(&(a, b)) {
+                    Some(m) => *m,
+                    None => {
+                        let lat = |h: usize| self.host_latency.get(h).copied().unwrap_or(0);
+                        PathModel {
+                            latency: lat(a) + lat(b),
+                            ..self.default_path
+                        }
+                    }
+                };
+                let i = self.path_list.len();
+                self.path_list.push(Path::new(
+                    model,
+                    model_stream(self.seed, Purpose::Link, ((a as u64) << 20) | b as u64),
+                ));
+                self.pairs.insert((a, b), i);
+                self.index.insert(key, i);
+                i
             }
         };
-        self.paths.entry((a, b)).or_insert_with(|| {
-            Path::new(
-                model,
-                model_stream(seed, Purpose::Link, ((a as u64) << 20) | b as u64),
-            )
-        })
+        &mut self.path_list[i]
+    }
+
+    /// The path from `a` to `b`, if one was used.
+    pub fn path_ref(&self, a: usize, b: usize) -> Option<&Path> {
+        self.pairs.get(&(a, b)).and_then(|&i| self.path_list.get(i))
+    }
+
+    /// Paths used, ordered by (sender, receiver).
+    pub fn paths(&self) -> impl Iterator<Item = ((usize, usize), &Path)> + '_ {
+        self.pairs
+            .iter()
+            .filter_map(|(k, &i)| self.path_list.get(i).map(|p| (*k, p)))
     }
 
     /// Whether a partition separates `a` and `b` at `now`.
@@ -98,5 +127,27 @@ impl Network {
             self.partitioned += 1;
         }
         cut
+    }
+}
+
+/// A hasher for the (sender, receiver) key packed into a u64: one
+/// multiply and a fold (the map is only looked up, never iterated).
+#[derive(Default)]
+pub struct PairHasher(u64);
+
+impl Hasher for PairHasher {
+    fn finish(&self) -> u64 {
+        let h = self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h ^ (h >> 29)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }

@@ -234,15 +234,15 @@ impl Results {
             .iter()
             .map(|&i| sim.hosts[i].cells_relayed() as f64 * 514.0 * 8.0 / duration / 1e6)
             .collect();
-        let paths = sim.net.paths.values();
+        let paths = sim.net.paths().map(|(_, p)| p);
         let net = &sim.net;
         let queueing = Queueing {
             uplink: merged(net.up.iter()).summary_ms(),
             downlink: merged(net.down.iter()).summary_ms(),
-            pair: merged(net.paths.values().map(|p| &p.bottleneck)).summary_ms(),
+            pair: merged(net.paths().map(|(_, p)| &p.bottleneck)).summary_ms(),
             worst_fraction_of_bound: worst(net.up.iter())
                 .max(worst(net.down.iter()))
-                .max(worst(net.paths.values().map(|p| &p.bottleneck))),
+                .max(worst(net.paths().map(|(_, p)| &p.bottleneck))),
         };
         let mut links = LinkCounters {
             kind: sim.scenario.link.clone(),

@@ -16,7 +16,7 @@ use relay_kernel::{HopSpec, Node, NodeConfig, NodeId, OnionKeypair, Time};
 use relay_link::Identity;
 
 use crate::error::SimError;
-use crate::host::{AppEvent, Datagram, Directory, Host};
+use crate::host::{AppEvent, BufPool, Datagram, Directory, Host};
 use crate::link::{Bottleneck, PathModel};
 use crate::network::{Network, Partition};
 use crate::probe::Probes;
@@ -97,7 +97,6 @@ pub struct Sim {
     pub hosts: Vec<Host>,
     keys: Vec<Keys>,
     addrs: Vec<SocketAddr>,
-    addr_index: BTreeMap<SocketAddr, usize>,
     ids: BTreeMap<NodeId, usize>,
     /// The network.
     pub net: Network,
@@ -118,6 +117,7 @@ pub struct Sim {
     max_datagram: usize,
     app: Vec<AppEvent>,
     out: Vec<Datagram>,
+    pool: BufPool,
     sched: Schedule,
 }
 
@@ -290,7 +290,6 @@ impl Sim {
             queue: crate::queue::EventQueue::default(),
             hosts: Vec::new(),
             keys,
-            addr_index: addrs.iter().enumerate().map(|(i, a)| (*a, i)).collect(),
             ids: infos.iter().enumerate().map(|(i, h)| (h.id, i)).collect(),
             addrs,
             net,
@@ -304,6 +303,7 @@ impl Sim {
             max_datagram,
             app: Vec::new(),
             out: Vec::new(),
+            pool: BufPool::default(),
             sched,
             scenario,
         };
@@ -416,7 +416,10 @@ impl Sim {
                 let len = data.len() + self.scenario.ip_overhead;
                 match self.net.down.get_mut(to).and_then(|d| d.admit(now, len)) {
                     Some(t) => self.queue.push(t, Ev::Deliver { from, to, data }),
-                    None => self.lost(from, to, &circuits),
+                    None => {
+                        self.lost(from, to, &circuits);
+                        self.pool.give(data);
+                    }
                 }
             }
             Ev::Deliver { from, to, mut data } => {
@@ -426,9 +429,11 @@ impl Sim {
                 };
                 if !host.up {
                     self.to_dead_host += 1;
+                    self.pool.give(data);
                     return Ok(());
                 }
                 host.receive(now, from_addr, &mut data);
+                self.pool.give(data);
                 self.process(to, Some(from_addr));
             }
             Ev::Wake { host, incarnation } => {
@@ -522,7 +527,7 @@ impl Sim {
         app.clear();
         self.traffic.serve(now, host);
         let mut out = std::mem::take(&mut self.out);
-        host.flush(now, &mut self.probes, &mut out);
+        host.flush(now, &mut self.probes, &mut self.pool, &mut out);
         let wake = host.next_wake();
         let incarnation = host.incarnation;
         // `timer` is the earliest pending wake-up. A later deadline needs no
@@ -553,6 +558,17 @@ impl Sim {
         self.out = out;
     }
 
+    /// The host at a virtual address (the inverse of `host_addr`).
+    fn host_at(&self, addr: &SocketAddr) -> Option<usize> {
+        let SocketAddr::V4(v4) = addr else {
+            return None;
+        };
+        let [a, b, c, d] = v4.ip().octets();
+        let n = (usize::from(b) << 16) | (usize::from(c) << 8) | usize::from(d);
+        let i = n.checked_sub(1)?;
+        (a == 10 && self.addrs.get(i) == Some(addr)).then_some(i)
+    }
+
     fn lost(&mut self, from: usize, to: usize, circuits: &[u32]) {
         if let Some(p) = self.probes.index(self.addrs[from], self.addrs[to]) {
             self.probes.lost(p, self.now, circuits);
@@ -563,7 +579,8 @@ impl Sim {
     fn send(&mut self, from: usize, dg: Datagram) {
         let now = self.now;
         self.datagrams += 1;
-        let Some(&to) = self.addr_index.get(&dg.to) else {
+        let Some(to) = self.host_at(&dg.to) else {
+            self.pool.give(dg.data);
             return;
         };
         if let Some(c) = self.captures.get_mut(&(from, to)) {
@@ -571,11 +588,13 @@ impl Sim {
         }
         if self.net.cut(now, from, to) {
             self.lost(from, to, &dg.circuits);
+            self.pool.give(dg.data);
             return;
         }
         let len = dg.data.len() + self.scenario.ip_overhead;
         let Some(left) = self.net.up.get_mut(from).and_then(|u| u.admit(now, len)) else {
             self.lost(from, to, &dg.circuits);
+            self.pool.give(dg.data);
             return;
         };
         let down_limited = self.net.down.get(to).is_some_and(|d| d.limited());
@@ -598,7 +617,10 @@ impl Sim {
                 }
                 self.queue.push(at, mk(dg.data, dg.circuits));
             }
-            _ => self.lost(from, to, &dg.circuits),
+            _ => {
+                self.lost(from, to, &dg.circuits);
+                self.pool.give(dg.data);
+            }
         }
     }
 

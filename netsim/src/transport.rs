@@ -142,7 +142,7 @@ impl LinkCore for UdtCore {
     }
 
     fn queued_cells(&mut self, addr: &SocketAddr) -> Option<usize> {
-        self.ep.conn(addr).map(|c| c.queued_cells())
+        self.ep.conn_ref(addr).map(|c| c.queued_cells())
     }
 
     fn queue_cell(&mut self, addr: &SocketAddr, cell: Cell) -> Result<(), Cell> {
@@ -160,7 +160,7 @@ impl LinkCore for UdtCore {
     }
 
     fn retransmitted(&mut self, addr: &SocketAddr) -> u64 {
-        self.ep.conn(addr).map_or(0, |c| c.retransmitted_cells)
+        self.ep.conn_ref(addr).map_or(0, |c| c.retransmitted_cells)
     }
 
     fn datagram_circuits(&mut self, to: &SocketAddr, datagram: &[u8], out: &mut Vec<u32>) {
@@ -169,7 +169,7 @@ impl LinkCore for UdtCore {
         }
         let mut pn = [0u8; 8];
         pn.copy_from_slice(&datagram[1..DATA_HEADER]);
-        if let Some(c) = self.ep.conn(to) {
+        if let Some(c) = self.ep.conn_ref(to) {
             out.extend(c.packet_circuits(u64::from_be_bytes(pn)));
         }
     }

@@ -60,7 +60,7 @@ fn bulk_transfer_reaches_the_configured_bandwidth() {
         sim.host_named("server").unwrap(),
         sim.host_named("client").unwrap(),
     );
-    let b = &sim.net.paths[&(server, client)].bottleneck;
+    let b = &sim.net.path_ref(server, client).unwrap().bottleneck;
     // Wire throughput while the transfer ran (stream open to last byte):
     // the window is long enough that ramp-up is a small part.
     let secs = (t.last_byte.unwrap().since(t.opened.unwrap())) as f64 / 1e9;
@@ -90,7 +90,7 @@ fn measured_loss_matches_configured_loss() {
         2,
     );
     assert!(sim.traffic.transfers[0].ok(), "transfer failed under loss");
-    for ((a, b), path) in &sim.net.paths {
+    for ((a, b), path) in sim.net.paths() {
         let n = path.offered as f64;
         let measured = path.lost as f64 / n;
         let sigma = (p * (1.0 - p) / n).sqrt();

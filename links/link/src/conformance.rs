@@ -218,7 +218,7 @@ pub async fn graceful_close(f: &Factory) {
         for i in 0..n {
             tx.send(cell(9, i)).await.unwrap();
         }
-        tx.close().await;
+        tx.close();
     });
     for i in 0..n {
         let c = tokio::time::timeout(Duration::from_secs(10), lb.rx.recv())

@@ -14,6 +14,7 @@ pub mod error;
 pub mod handshake;
 pub mod identity;
 pub mod link;
+pub mod queue;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod transport;
@@ -24,6 +25,6 @@ pub use error::LinkError;
 pub use handshake::{Initiator, Responder, Session, StaticKey};
 pub use identity::{verify_signed, Identity};
 pub use link::{
-    link_pair, BoxFut, CloseReason, Link, LinkConfig, LinkIo, LinkReceiver, LinkSender, Outgoing,
-    Transport,
+    link_pair, BoxFut, CloseReason, Link, LinkConfig, LinkIo, LinkReceiver, LinkSender, Transport,
 };
+pub use queue::{cell_queue, CellRx, CellTx, Push};

@@ -1,5 +1,5 @@
 //! The link interface relayd and netsim use: a `Transport` listens and
-//! dials; an established `Link` is a pair of cell channels plus the
+//! dials; an established `Link` is a pair of cell queues ([`crate::queue`]) plus the
 //! authenticated peer id. Each link kind runs its own tasks behind the
 //! channels, so the node's event loop treats every kind alike.
 
@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use relay_kernel::{Cell, NodeId};
-use tokio::sync::mpsc;
 
 use crate::addr::Scheme;
 use crate::error::LinkError;
+use crate::queue::{cell_queue, CellRx, CellTx, Push};
 
 /// A boxed future (the trait is used as `dyn Transport`).
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -55,15 +55,6 @@ pub enum CloseReason {
     Error(String),
 }
 
-/// What the node asks a link task to do.
-#[derive(Debug)]
-pub enum Outgoing {
-    /// Send a cell.
-    Cell(Cell),
-    /// Send everything queued, then close.
-    Close,
-}
-
 /// Shared record of why a link closed.
 #[derive(Clone, Default, Debug)]
 pub struct CloseCell(Arc<Mutex<Option<CloseReason>>>);
@@ -83,48 +74,45 @@ impl CloseCell {
     }
 }
 
-/// Sends cells on a link (cloneable).
+/// Sends cells on a link (cloneable). Dropping every sender closes the
+/// link gracefully, like [`LinkSender::close`].
 #[derive(Clone)]
 pub struct LinkSender {
-    tx: mpsc::Sender<Outgoing>,
+    tx: CellTx,
 }
 
 impl LinkSender {
     /// Queues a cell; waits while the link's buffer is full.
     pub async fn send(&self, cell: Cell) -> Result<(), LinkError> {
-        self.tx
-            .send(Outgoing::Cell(cell))
-            .await
-            .map_err(|_| LinkError::Closed)
+        self.tx.send(cell).await
     }
 
-    /// Queues a cell if there is room now; gives it back otherwise.
+    /// Queues a cell if there is room now; gives it back if the buffer is
+    /// full, or `None` if the link is closed.
     pub fn try_send(&self, cell: Cell) -> Result<(), Option<Cell>> {
-        match self.tx.try_send(Outgoing::Cell(cell)) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(Outgoing::Cell(c))) => Err(Some(c)),
-            Err(_) => Err(None),
-        }
+        self.tx.try_send(cell)
+    }
+
+    /// Queues cells from `next` while there is room, under one lock (see
+    /// [`CellTx::push_from`]).
+    pub fn push_from(&self, next: impl FnMut() -> Option<Cell>) -> Push {
+        self.tx.push_from(next)
+    }
+
+    /// Waits until the link can take at least one more cell.
+    pub async fn ready(&self) -> Result<(), LinkError> {
+        self.tx.ready().await
     }
 
     /// Closes gracefully: everything queued before is delivered first.
-    /// Waits until the link can take at least one more cell.
-    pub async fn ready(&self) -> Result<(), LinkError> {
-        self.tx
-            .reserve()
-            .await
-            .map(|_permit| ())
-            .map_err(|_| LinkError::Closed)
-    }
-
-    pub async fn close(&self) {
-        let _ = self.tx.send(Outgoing::Close).await;
+    pub fn close(&self) {
+        self.tx.close()
     }
 }
 
 /// Receives cells from a link.
 pub struct LinkReceiver {
-    rx: mpsc::Receiver<Cell>,
+    rx: CellRx,
     closed: CloseCell,
 }
 
@@ -132,6 +120,22 @@ impl LinkReceiver {
     /// The next cell, or None once the link is closed and drained.
     pub async fn recv(&mut self) -> Option<Cell> {
         self.rx.recv().await
+    }
+
+    /// Moves up to `max` received cells to `out`; 0 once the link is
+    /// closed and drained.
+    pub async fn recv_many(&mut self, out: &mut Vec<Cell>, max: usize) -> usize {
+        self.rx.recv_many(out, max).await
+    }
+
+    /// Poll form of [`LinkReceiver::recv_many`].
+    pub fn poll_recv_many(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        out: &mut Vec<Cell>,
+        max: usize,
+    ) -> std::task::Poll<usize> {
+        self.rx.poll_recv_many(cx, out, max)
     }
 
     /// Why the link closed (None while open).
@@ -156,10 +160,10 @@ pub struct Link {
 
 /// The link task's ends of the channels.
 pub struct LinkIo {
-    /// Cells and close requests from the node.
-    pub outgoing: mpsc::Receiver<Outgoing>,
+    /// Cells from the node; its end means "close gracefully".
+    pub outgoing: CellRx,
     /// Cells for the node.
-    pub incoming: mpsc::Sender<Cell>,
+    pub incoming: CellTx,
     /// Where the task records why it ended.
     pub closed: CloseCell,
 }
@@ -171,8 +175,8 @@ pub fn link_pair(
     remote: SocketAddr,
     initiator: bool,
 ) -> (Link, LinkIo) {
-    let (out_tx, out_rx) = mpsc::channel(config.channel_cells);
-    let (in_tx, in_rx) = mpsc::channel(config.channel_cells);
+    let (out_tx, out_rx) = cell_queue(config.channel_cells);
+    let (in_tx, in_rx) = cell_queue(config.channel_cells);
     let closed = CloseCell::default();
     (
         Link {

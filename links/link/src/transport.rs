@@ -36,6 +36,18 @@ impl SealKey {
         self.seal_with_aad(n, &[], buf)
     }
 
+    /// Seals `buf[start..]` in place and appends the tag, leaving
+    /// `buf[..start]` (e.g. a clear length prefix) as it is.
+    pub fn seal_from(&self, n: u64, buf: &mut Vec<u8>, start: usize) -> Result<(), LinkError> {
+        let body = buf.get_mut(start..).ok_or(LinkError::BadPacket("seal"))?;
+        let tag = self
+            .0
+            .seal_in_place_separate_tag(nonce(n), Aad::empty(), body)
+            .map_err(|_| LinkError::BadPacket("seal"))?;
+        buf.extend_from_slice(tag.as_ref());
+        Ok(())
+    }
+
     /// [`Self::seal`] with associated data (e.g. a clear packet header).
     pub fn seal_with_aad(&self, n: u64, aad: &[u8], buf: &mut Vec<u8>) -> Result<(), LinkError> {
         let tag = self

@@ -34,9 +34,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use quinn::{Connection, ConnectionError, RecvStream, SendStream};
 use relay_kernel::{Cell, CELL_LEN};
-use relay_link::batch::{gather_by_circuit, CircuitBatch, Delivery};
+use relay_link::batch::{group_by_circuit, CircuitBatch, Delivery};
 use relay_link::link::CloseCell;
-use relay_link::{CloseReason, LinkIo, Outgoing};
+use relay_link::{CellRx, CellTx, CloseReason, LinkIo};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -113,33 +113,30 @@ async fn send_control(conn: &Connection, kind: u8) -> Result<(), String> {
 /// Takes cells from the node and writes each circuit's to its stream.
 async fn writer(
     conn: Connection,
-    mut outgoing: mpsc::Receiver<Outgoing>,
+    mut outgoing: CellRx,
     closed: CloseCell,
     mut destroyed: mpsc::UnboundedReceiver<u32>,
 ) {
     let mut streams: HashMap<u32, SendStream> = HashMap::new();
     let mut groups: Vec<CircuitBatch> = Vec::new();
+    let mut cells: Vec<Cell> = Vec::with_capacity(BATCH_CELLS);
     loop {
-        let first = tokio::select! {
+        let n = tokio::select! {
             biased;
             Some(circ) = destroyed.recv() => {
                 peer_destroyed(&mut streams, circ);
                 continue;
             }
-            o = outgoing.recv() => o,
+            n = outgoing.recv_many(&mut cells, BATCH_CELLS) => n,
             e = conn.closed() => {
                 closed.set(close_reason(&e));
                 return;
             }
         };
-        // None: the node dropped the link, which closes it gracefully.
+        // 0: the node closed or dropped the link: close gracefully.
+        let close = n == 0;
         groups.clear();
-        let close = gather_by_circuit(
-            first.unwrap_or(Outgoing::Close),
-            &mut outgoing,
-            BATCH_CELLS,
-            &mut groups,
-        );
+        group_by_circuit(&mut cells, &mut groups);
         for g in groups.drain(..) {
             if let Err(e) = write_group(&conn, &mut streams, &mut destroyed, g).await {
                 fail(&conn, &closed, e);
@@ -245,7 +242,7 @@ enum Carried {
 /// when the connection closes or the peer's graceful close completes.
 async fn receiver(
     conn: Connection,
-    incoming: mpsc::Sender<Cell>,
+    incoming: CellTx,
     closed: CloseCell,
     destroyed: mpsc::UnboundedSender<u32>,
 ) {
@@ -302,7 +299,7 @@ async fn receiver(
 /// node stopped listening, so the peer is never blocked by flow control).
 async fn read_stream(
     mut s: RecvStream,
-    incoming: Option<mpsc::Sender<Cell>>,
+    incoming: Option<CellTx>,
     destroyed: mpsc::UnboundedSender<u32>,
 ) -> Result<Carried, String> {
     let mut kind = [0u8; 1];
@@ -320,10 +317,7 @@ async fn read_stream(
         }
         _ => return Err("unknown stream kind".into()),
     }
-    let mut out = Delivery {
-        incoming,
-        destroyed,
-    };
+    let mut out = Delivery::new(incoming, destroyed);
     // Each cell gets its own exact buffer (the node keeps cells in queues,
     // so they must not pin larger ones), and nothing is allocated for a
     // stream until data arrives: an idle circuit costs only its stream.
@@ -340,15 +334,16 @@ async fn read_stream(
             data = &data[take..];
             if partial.len() == CELL_LEN {
                 let cell = Cell::from_bytes(partial.split()).map_err(|e| e.to_string())?;
-                out.deliver(cell).await;
+                out.push(cell);
             }
         }
         while let Some((bytes, rest)) = data.split_at_checked(CELL_LEN) {
             data = rest;
             let cell = Cell::from_slice(bytes).map_err(|e| e.to_string())?;
-            out.deliver(cell).await;
+            out.push(cell);
         }
         partial.extend_from_slice(data);
+        out.flush().await;
     }
     if !partial.is_empty() {
         return Err("stream ended inside a cell".into());

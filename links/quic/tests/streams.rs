@@ -125,7 +125,7 @@ async fn both_ends_close_at_once() {
             for i in 0..n {
                 tx.send(cell(circ, CellCommand::Relay, i)).await.unwrap();
             }
-            tx.close().await;
+            tx.close();
         });
         for i in 0..n {
             let c = timeout(Duration::from_secs(10), rx.recv())
@@ -188,7 +188,7 @@ async fn closing_end_still_hears_the_other_until_it_closes() {
     for i in 0..100 {
         la.tx.send(cell(4, CellCommand::Relay, i)).await.unwrap();
     }
-    la.tx.close().await;
+    la.tx.close();
     for i in 0..100u32 {
         let c = lb.rx.recv().await.unwrap();
         assert_eq!(c.body()[..4], i.to_be_bytes());
@@ -199,7 +199,7 @@ async fn closing_end_still_hears_the_other_until_it_closes() {
     for i in 0..100 {
         lb.tx.send(cell(5, CellCommand::Relay, i)).await.unwrap();
     }
-    lb.tx.close().await;
+    lb.tx.close();
     for i in 0..100u32 {
         let c = timeout(Duration::from_secs(10), la.rx.recv())
             .await

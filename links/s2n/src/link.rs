@@ -34,9 +34,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use relay_kernel::{Cell, CELL_LEN};
-use relay_link::batch::{gather_by_circuit, CircuitBatch, Delivery};
+use relay_link::batch::{group_by_circuit, CircuitBatch, Delivery};
 use relay_link::link::CloseCell;
-use relay_link::{CloseReason, LinkIo, Outgoing};
+use relay_link::{CellRx, CellTx, CloseReason, LinkIo};
 use s2n_quic::connection::{Error as ConnectionError, Handle, StreamAcceptor};
 use s2n_quic::provider::event::Location;
 use s2n_quic::stream::{ReceiveStream as RecvStream, SendStream};
@@ -163,7 +163,7 @@ async fn send_control(conn: &Handle, kind: u8) -> Result<(), CloseReason> {
 /// Takes cells from the node and writes each circuit's to its stream.
 async fn writer(
     mut conn: Handle,
-    mut outgoing: mpsc::Receiver<Outgoing>,
+    mut outgoing: CellRx,
     closed: CloseCell,
     mut destroyed: mpsc::UnboundedReceiver<u32>,
     mut ended: watch::Receiver<()>,
@@ -171,16 +171,17 @@ async fn writer(
 ) {
     let mut streams: HashMap<u32, SendStream> = HashMap::new();
     let mut groups: Vec<CircuitBatch> = Vec::new();
+    let mut cells: Vec<Cell> = Vec::with_capacity(BATCH_CELLS);
     let mut ping = tokio::time::interval(keepalive);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let first = tokio::select! {
+        let n = tokio::select! {
             biased;
             Some(circ) = destroyed.recv() => {
                 peer_destroyed(&mut streams, circ);
                 continue;
             }
-            o = outgoing.recv() => o,
+            n = outgoing.recv_many(&mut cells, BATCH_CELLS) => n,
             _ = ping.tick() => {
                 let _ = conn.ping();
                 continue;
@@ -188,14 +189,10 @@ async fn writer(
             // The receiver records why the connection ended.
             _ = ended.changed() => return,
         };
-        // None: the node dropped the link, which closes it gracefully.
+        // 0: the node closed or dropped the link: close gracefully.
+        let close = n == 0;
         groups.clear();
-        let close = gather_by_circuit(
-            first.unwrap_or(Outgoing::Close),
-            &mut outgoing,
-            BATCH_CELLS,
-            &mut groups,
-        );
+        group_by_circuit(&mut cells, &mut groups);
         for g in groups.drain(..) {
             if let Err(e) = write_group(&mut conn, &mut streams, &mut destroyed, g).await {
                 closed.set(e);
@@ -298,7 +295,7 @@ enum Carried {
 async fn receiver(
     conn: Handle,
     mut acceptor: StreamAcceptor,
-    incoming: mpsc::Sender<Cell>,
+    incoming: CellTx,
     closed: CloseCell,
     destroyed: mpsc::UnboundedSender<u32>,
     _ended: watch::Sender<()>,
@@ -373,7 +370,7 @@ fn protocol_err(what: &str) -> (bool, CloseReason) {
 /// node stopped listening, so the peer is never blocked by flow control).
 async fn read_stream(
     mut s: RecvStream,
-    incoming: Option<mpsc::Sender<Cell>>,
+    incoming: Option<CellTx>,
     destroyed: mpsc::UnboundedSender<u32>,
 ) -> Result<Carried, (bool, CloseReason)> {
     // The kind byte, from the first non-empty chunk.
@@ -406,10 +403,7 @@ async fn read_stream(
         }
         _ => return Err(protocol_err("unknown stream kind")),
     }
-    let mut out = Delivery {
-        incoming,
-        destroyed,
-    };
+    let mut out = Delivery::new(incoming, destroyed);
     // Each cell gets its own exact buffer (the node keeps cells in queues,
     // so they must not pin larger ones), and nothing is allocated for a
     // stream until data arrives: an idle circuit costs only its stream.
@@ -431,15 +425,16 @@ async fn read_stream(
             if partial.len() == CELL_LEN {
                 let cell =
                     Cell::from_bytes(partial.split()).map_err(|e| protocol_err(&e.to_string()))?;
-                out.deliver(cell).await;
+                out.push(cell);
             }
         }
         while let Some((bytes, rest)) = data.split_at_checked(CELL_LEN) {
             data = rest;
             let cell = Cell::from_slice(bytes).map_err(|e| protocol_err(&e.to_string()))?;
-            out.deliver(cell).await;
+            out.push(cell);
         }
         partial.extend_from_slice(data);
+        out.flush().await;
     }
     if !partial.is_empty() {
         return Err(protocol_err("stream ended inside a cell"));

@@ -3,6 +3,7 @@
 //! counter as nonce (TCP keeps order). A frame carries up to 64 cells, a
 //! keepalive, or a graceful close.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -11,10 +12,10 @@ use relay_kernel::{Cell, NodeId, CELL_LEN};
 use relay_link::link::CloseCell;
 use relay_link::transport::{OpenKey, SealKey, TAG_LEN};
 use relay_link::{
-    link_pair, BoxFut, CloseReason, Identity, Initiator, Link, LinkConfig, LinkError, LinkIo,
-    Outgoing, Responder, Scheme, Session, StaticKey, Transport,
+    link_pair, BoxFut, CellRx, CellTx, CloseReason, Identity, Initiator, Link, LinkConfig,
+    LinkError, LinkIo, Responder, Scheme, Session, StaticKey, Transport,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -162,14 +163,20 @@ fn start_link(
     link
 }
 
+/// Bytes the reader asks the socket for at once: several whole frames, so
+/// a bulk transfer costs a read syscall per few frames, not two per frame.
+const READ_BUFFER: usize = 256 * 1024;
+
 async fn reader(
-    mut rd: OwnedReadHalf,
+    rd: OwnedReadHalf,
     key: OpenKey,
-    incoming: mpsc::Sender<Cell>,
+    incoming: CellTx,
     closed: CloseCell,
     config: LinkConfig,
 ) {
+    let mut rd = BufReader::with_capacity(READ_BUFFER, rd);
     let mut counter = 0u64;
+    let mut cells = VecDeque::with_capacity(MAX_BATCH);
     let reason = loop {
         let len = match timeout(config.idle_timeout, rd.read_u16()).await {
             Err(_) => break CloseReason::IdleTimeout,
@@ -193,18 +200,14 @@ async fn reader(
         let _ = buf.split_to(1);
         match ty {
             FRAME_CELLS if buf.len().is_multiple_of(CELL_LEN) => {
-                let mut ok = true;
                 while !buf.is_empty() {
-                    let cell = match Cell::from_bytes(buf.split_to(CELL_LEN)) {
-                        Ok(c) => c,
+                    match Cell::from_bytes(buf.split_to(CELL_LEN)) {
+                        Ok(c) => cells.push_back(c),
                         Err(_) => break,
-                    };
-                    if incoming.send(cell).await.is_err() {
-                        ok = false;
-                        break;
                     }
                 }
-                if !ok {
+                // The whole frame in one batch.
+                if incoming.send_all(&mut cells).await.is_err() {
                     break CloseReason::Local;
                 }
             }
@@ -216,33 +219,42 @@ async fn reader(
     closed.set(reason);
 }
 
+/// Seals `buf[2..]` (frame type and payload), puts its length in
+/// `buf[..2]` and writes the whole frame with one call.
 async fn write_frame(
     wr: &mut OwnedWriteHalf,
     key: &SealKey,
     counter: &mut u64,
     buf: &mut Vec<u8>,
 ) -> Result<(), LinkError> {
-    key.seal(*counter, buf)?;
+    key.seal_from(*counter, buf, 2)?;
     *counter += 1;
-    wr.write_u16(buf.len() as u16).await?;
+    let len = u16::try_from(buf.len() - 2).map_err(|_| LinkError::BadPacket("frame too long"))?;
+    buf[..2].copy_from_slice(&len.to_be_bytes());
     wr.write_all(buf).await?;
     Ok(())
+}
+
+/// Starts a frame of type `ty` in `buf`, with room for the length.
+fn start_frame(buf: &mut Vec<u8>, ty: u8) {
+    buf.clear();
+    buf.extend_from_slice(&[0, 0, ty]);
 }
 
 async fn writer(
     mut wr: OwnedWriteHalf,
     key: SealKey,
-    mut outgoing: mpsc::Receiver<Outgoing>,
+    mut outgoing: CellRx,
     closed: CloseCell,
     config: LinkConfig,
 ) {
     let mut counter = 0u64;
     let mut buf = Vec::with_capacity(MAX_FRAME + 2);
+    let mut cells = Vec::with_capacity(MAX_BATCH);
     loop {
-        let first = match timeout(config.keepalive, outgoing.recv()).await {
+        let n = match timeout(config.keepalive, outgoing.recv_many(&mut cells, MAX_BATCH)).await {
             Err(_) => {
-                buf.clear();
-                buf.push(FRAME_KEEPALIVE);
+                start_frame(&mut buf, FRAME_KEEPALIVE);
                 if write_frame(&mut wr, &key, &mut counter, &mut buf)
                     .await
                     .is_err()
@@ -251,47 +263,27 @@ async fn writer(
                 }
                 continue;
             }
-            Ok(None) => {
-                // The node dropped the link: close gracefully.
-                Outgoing::Close
-            }
-            Ok(Some(o)) => o,
+            Ok(n) => n,
         };
-        buf.clear();
-        buf.push(FRAME_CELLS);
-        let mut close = false;
-        let mut next = Some(first);
-        let mut cells = 0;
-        while let Some(o) = next.take() {
-            match o {
-                Outgoing::Cell(c) => {
-                    buf.extend_from_slice(c.as_bytes());
-                    cells += 1;
-                }
-                Outgoing::Close => {
-                    close = true;
-                    break;
-                }
+        if n > 0 {
+            start_frame(&mut buf, FRAME_CELLS);
+            for c in cells.drain(..) {
+                buf.extend_from_slice(c.as_bytes());
             }
-            if cells < MAX_BATCH {
-                next = outgoing.try_recv().ok();
-            }
-        }
-        if cells > 0
-            && write_frame(&mut wr, &key, &mut counter, &mut buf)
+            if write_frame(&mut wr, &key, &mut counter, &mut buf)
                 .await
                 .is_err()
-        {
-            break;
+            {
+                break;
+            }
+            continue;
         }
-        if close {
-            buf.clear();
-            buf.push(FRAME_CLOSE);
-            let _ = write_frame(&mut wr, &key, &mut counter, &mut buf).await;
-            let _ = wr.shutdown().await;
-            closed.set(CloseReason::Local);
-            return;
-        }
+        // The node closed or dropped the link: close gracefully.
+        start_frame(&mut buf, FRAME_CLOSE);
+        let _ = write_frame(&mut wr, &key, &mut counter, &mut buf).await;
+        let _ = wr.shutdown().await;
+        closed.set(CloseReason::Local);
+        return;
     }
     closed.set(CloseReason::Error("write failed".into()));
 }

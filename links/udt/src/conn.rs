@@ -438,6 +438,29 @@ impl Conn {
         t
     }
 
+    /// A time before which `poll_transmit` keeps returning false unless
+    /// the connection changes (an input, a timer, a queued or popped cell):
+    /// the earliest of the time thresholds in `poll_transmit` that are not
+    /// already passed or blocked by state. The endpoint skips the
+    /// connection until then. Must be kept in step with `poll_transmit`.
+    pub fn transmit_hint(&self) -> Time {
+        let mut t = self.last_send.plus_nanos(self.config.keepalive);
+        if let Some(d) = self.ack_deadline {
+            t = t.min(d);
+        }
+        let window_open = self.bytes_in_flight + self.config.max_datagram <= self.cc.window();
+        let flow_open = self.queue.front().is_some_and(|(_, _, retransmit)| {
+            *retransmit || self.first_sends < self.peer_max_cells
+        });
+        if window_open && flow_open {
+            t = t.min(self.pacing_next);
+        }
+        if !self.sent.is_empty() && self.pto_count > 0 {
+            t = t.min(self.last_send.plus_nanos(self.rtt.pto()));
+        }
+        t
+    }
+
     fn pto_deadline(&self) -> Time {
         self.last_ack_eliciting
             .plus_nanos(self.rtt.pto() << self.pto_count.min(6))

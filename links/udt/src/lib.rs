@@ -10,25 +10,30 @@ pub mod cc;
 pub mod conn;
 pub mod endpoint;
 pub mod packet;
+mod socket;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
+use futures_util::stream::{FuturesUnordered, SelectAll, StreamExt};
+use futures_util::task::AtomicWaker;
+use futures_util::FutureExt;
 use relay_kernel::{Cell, NodeId, Time};
 use relay_link::link::CloseCell;
 use relay_link::{
-    link_pair, BoxFut, CloseReason, Identity, Link, LinkConfig, LinkError, Outgoing, Scheme,
-    StaticKey, Transport,
+    link_pair, BoxFut, CellRx, CellTx, CloseReason, Identity, Link, LinkConfig, LinkError, Push,
+    Scheme, StaticKey, Transport,
 };
-use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
 use crate::conn::{ConnConfig, Ended};
 use crate::endpoint::{Endpoint, EndpointConfig, EndpointEvent};
+use crate::socket::{BatchSocket, GsoBatch, RecvBufs};
 
 /// A hash map with a seeded foldhash (peers choose circuit ids and
 /// addresses, so the seed comes from the node's randomness).
@@ -40,20 +45,75 @@ pub(crate) fn fast_map<K, V>(seed: u64) -> FastMap<K, V> {
 
 /// Cells the node may have queued on one connection before it waits.
 const SEND_CREDIT: usize = 2048;
+/// Most cells taken from one link's queue per poll.
+const TAKE_BATCH: usize = 256;
 
-enum Cmd {
-    Connect {
-        addr: SocketAddr,
-        expected: NodeId,
-        reply: oneshot::Sender<Result<Link, LinkError>>,
-    },
-    Out(SocketAddr, Outgoing),
+struct Connect {
+    addr: SocketAddr,
+    expected: NodeId,
+    reply: oneshot::Sender<Result<Link, LinkError>>,
+}
+
+/// How many more cells a connection's send buffer takes; the link's
+/// outgoing stream waits on it when it reaches 0.
+#[derive(Default)]
+struct Credit {
+    avail: AtomicUsize,
+    waker: AtomicWaker,
+}
+
+impl Credit {
+    fn add(&self, n: usize) {
+        self.avail.fetch_add(n, Ordering::AcqRel);
+        self.waker.wake();
+    }
+}
+
+/// A batch of cells from one link's node, or (`None`) the end of its queue,
+/// tagged with the link's address and number (a stale stream of a closed
+/// link must not feed a newer connection to the same address).
+type OutBatch = (SocketAddr, u64, Option<Vec<Cell>>);
+
+/// The node's queue for one link as a stream of batches, taking no more
+/// than the connection's credit allows.
+fn outgoing_stream(
+    addr: SocketAddr,
+    link: u64,
+    mut rx: CellRx,
+    credit: Arc<Credit>,
+) -> impl futures_util::Stream<Item = OutBatch> + Send {
+    let mut ended = false;
+    futures_util::stream::poll_fn(move |cx| {
+        if ended {
+            return Poll::Ready(None);
+        }
+        let mut room = credit.avail.load(Ordering::Acquire);
+        if room == 0 {
+            credit.waker.register(cx.waker());
+            room = credit.avail.load(Ordering::Acquire);
+            if room == 0 {
+                return Poll::Pending;
+            }
+        }
+        let mut cells = Vec::new();
+        match rx.poll_recv_many(cx, &mut cells, room.min(TAKE_BATCH)) {
+            Poll::Ready(0) => {
+                ended = true;
+                Poll::Ready(Some((addr, link, None)))
+            }
+            Poll::Ready(n) => {
+                credit.avail.fetch_sub(n, Ordering::AcqRel);
+                Poll::Ready(Some((addr, link, Some(cells))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    })
 }
 
 /// A udt endpoint on one UDP socket.
 pub struct UdtTransport {
     local: SocketAddr,
-    cmd: mpsc::Sender<Cmd>,
+    cmd: mpsc::Sender<Connect>,
     accepted: tokio::sync::Mutex<mpsc::Receiver<Link>>,
     dead: Arc<AtomicBool>,
     task: AbortHandle,
@@ -68,7 +128,7 @@ impl UdtTransport {
     ) -> Result<UdtTransport, LinkError> {
         // Large buffers: a burst of a whole congestion window must not be
         // dropped by the kernel before the driver reads it.
-        let socket = UdpSocket::from_std(relay_link::udp::bind_udp(addr, 8 << 20)?)?;
+        let socket = BatchSocket::new(relay_link::udp::bind_udp(addr, 8 << 20)?)?;
         let local = socket.local_addr()?;
         let mut secret = [0u8; 32];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
@@ -90,9 +150,11 @@ impl UdtTransport {
             socket,
             endpoint,
             start: Instant::now(),
-            cmd_tx: cmd_tx.clone(),
             accepted: acc_tx,
             links: HashMap::new(),
+            outgoing: SelectAll::new(),
+            link_count: 0,
+            room: FuturesUnordered::new(),
             dialing: HashMap::new(),
             config,
             dead: dead.clone(),
@@ -109,21 +171,25 @@ impl UdtTransport {
 }
 
 struct LinkSlot {
-    incoming: mpsc::Sender<Cell>,
+    /// Distinguishes successive links to one address.
+    number: u64,
+    incoming: CellTx,
     closed: CloseCell,
-    credit: Arc<Semaphore>,
-    forwarder: AbortHandle,
-    /// A cell the node's channel had no room for.
-    held: Option<Cell>,
+    credit: Arc<Credit>,
+    /// A wake-up is pending for when the node's queue has room again.
+    awaiting_room: bool,
 }
 
 struct Driver {
-    socket: UdpSocket,
+    socket: BatchSocket,
     endpoint: Endpoint,
     start: Instant,
-    cmd_tx: mpsc::Sender<Cmd>,
     accepted: mpsc::Sender<Link>,
     links: HashMap<SocketAddr, LinkSlot>,
+    outgoing: SelectAll<futures_util::stream::BoxStream<'static, OutBatch>>,
+    link_count: u64,
+    /// Wake-ups for links whose node queue was full.
+    room: FuturesUnordered<futures_util::future::BoxFuture<'static, SocketAddr>>,
     dialing: HashMap<SocketAddr, oneshot::Sender<Result<Link, LinkError>>>,
     config: LinkConfig,
     dead: Arc<AtomicBool>,
@@ -134,9 +200,10 @@ impl Driver {
         Time(self.start.elapsed().as_nanos() as u64)
     }
 
-    async fn run(mut self, mut cmds: mpsc::Receiver<Cmd>) {
-        let mut buf = vec![0u8; 65536];
+    async fn run(mut self, mut cmds: mpsc::Receiver<Connect>) {
+        let mut bufs = RecvBufs::new();
         let mut out = Vec::with_capacity(2048);
+        let mut batch = GsoBatch::new(self.socket.max_segments());
         loop {
             let deadline = self
                 .endpoint
@@ -149,22 +216,27 @@ impl Driver {
                 }
             };
             tokio::select! {
-                r = self.socket.recv_from(&mut buf) => {
-                    if let Ok((n, from)) = r {
-                        if !self.dead.load(Ordering::Relaxed) {
-                            let now = self.now();
-                            self.endpoint.handle_datagram(now, from, &mut buf[..n]);
-                            // Drain whatever else already arrived.
-                            while let Ok((n, from)) = self.socket.try_recv_from(&mut buf) {
-                                self.endpoint.handle_datagram(now, from, &mut buf[..n]);
-                            }
-                        }
+                r = self.socket.readable() => {
+                    if r.is_ok() {
+                        self.receive(&mut bufs);
                     }
                 }
                 Some(cmd) = cmds.recv() => {
-                    self.on_cmd(cmd);
+                    self.on_connect(cmd);
                     while let Ok(cmd) = cmds.try_recv() {
-                        self.on_cmd(cmd);
+                        self.on_connect(cmd);
+                    }
+                }
+                Some(addr) = self.room.next(), if !self.room.is_empty() => {
+                    if let Some(slot) = self.links.get_mut(&addr) {
+                        slot.awaiting_room = false;
+                    }
+                }
+                Some(batch) = self.outgoing.next(), if !self.outgoing.is_empty() => {
+                    self.on_outgoing(batch);
+                    // Take whatever else the nodes queued meanwhile.
+                    while let Some(Some(batch)) = self.outgoing.next().now_or_never() {
+                        self.on_outgoing(batch);
                     }
                 }
                 _ = sleep => {
@@ -175,37 +247,59 @@ impl Driver {
             if self.dead.load(Ordering::Relaxed) {
                 return;
             }
-            self.after_io(&mut out).await;
+            self.after_io(&mut out, &mut batch).await;
         }
     }
 
-    fn on_cmd(&mut self, cmd: Cmd) {
+    /// Reads and handles what has arrived, a bounded number of batches at
+    /// a time so that sending gets its turn.
+    fn receive(&mut self, bufs: &mut RecvBufs) {
+        const MAX_CALLS: usize = 64;
         let now = self.now();
-        match cmd {
-            Cmd::Connect {
-                addr,
-                expected,
-                reply,
-            } => match self.endpoint.connect(now, addr, expected) {
-                Ok(()) => {
-                    self.dialing.insert(addr, reply);
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
-            },
-            Cmd::Out(addr, o) => {
-                if let Some(c) = self.endpoint.conn(&addr) {
-                    match o {
-                        Outgoing::Cell(cell) => c.queue_cell(cell),
-                        Outgoing::Close => c.close(),
-                    }
-                }
+        for _ in 0..MAX_CALLS {
+            let Ok(n) = self.socket.try_recv(bufs) else {
+                return;
+            };
+            if self.dead.load(Ordering::Relaxed) {
+                continue;
+            }
+            let endpoint = &mut self.endpoint;
+            bufs.for_each(n, |from, dg| endpoint.handle_datagram(now, from, dg));
+        }
+    }
+
+    fn on_connect(&mut self, cmd: Connect) {
+        let now = self.now();
+        let Connect {
+            addr,
+            expected,
+            reply,
+        } = cmd;
+        match self.endpoint.connect(now, addr, expected) {
+            Ok(()) => {
+                self.dialing.insert(addr, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
             }
         }
     }
 
-    async fn after_io(&mut self, out: &mut Vec<u8>) {
+    fn on_outgoing(&mut self, (addr, link, cells): OutBatch) {
+        if self.links.get(&addr).map(|s| s.number) != Some(link) {
+            return;
+        }
+        let Some(c) = self.endpoint.conn(&addr) else {
+            return;
+        };
+        match cells {
+            Some(cells) => cells.into_iter().for_each(|cell| c.queue_cell(cell)),
+            // The node closed or dropped the link: close gracefully.
+            None => c.close(),
+        }
+    }
+
+    async fn after_io(&mut self, out: &mut Vec<u8>, batch: &mut GsoBatch) {
         let now = self.now();
         // Events.
         while let Some(ev) = self.endpoint.poll_event() {
@@ -236,7 +330,7 @@ impl Driver {
                             Ended::Local => CloseReason::Local,
                             Ended::IdleTimeout => CloseReason::IdleTimeout,
                         });
-                        slot.forwarder.abort();
+                        // Dropping the slot ends the link's queues.
                     }
                 }
             }
@@ -250,65 +344,64 @@ impl Driver {
             };
             let freed = conn.take_first_sent();
             if freed > 0 {
-                slot.credit.add_permits(freed as usize);
+                slot.credit.add(freed as usize);
             }
-            if let Some(c) = slot.held.take() {
-                if let Err(mpsc::error::TrySendError::Full(c)) = slot.incoming.try_send(c) {
-                    slot.held = Some(c);
-                    continue;
-                }
-            }
-            while let Some(c) = conn.pop_ready() {
-                match slot.incoming.try_send(c) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(c)) => {
-                        conn.unpop_ready(c);
-                        break;
+            // Cells stay in the connection while the node's queue is full
+            // (the node is then behind; the connection's flow control
+            // holds the peer back).
+            if conn.ready_len() > 0
+                && slot.incoming.push_from(|| conn.pop_ready()) == Push::Full
+                && !slot.awaiting_room
+            {
+                slot.awaiting_room = true;
+                let tx = slot.incoming.clone();
+                self.room.push(
+                    async move {
+                        let _ = tx.ready().await;
+                        addr
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => break,
-                }
+                    .boxed(),
+                );
             }
         }
-        // Datagrams.
+        // Datagrams, in GSO batches.
         while let Some(to) = self.endpoint.poll_transmit(now, out) {
-            let _ = self.socket.send_to(out, to).await;
+            if !batch.fits(to, out.len()) {
+                flush(&self.socket, batch).await;
+            }
+            batch.push(to, out);
         }
+        flush(&self.socket, batch).await;
     }
 
     fn open_link(&mut self, addr: SocketAddr, peer: NodeId, initiator: bool) -> Link {
         let (link, io) = link_pair(&self.config, peer, addr, initiator);
-        let credit = Arc::new(Semaphore::new(SEND_CREDIT));
-        let cmd = self.cmd_tx.clone();
-        let c2 = credit.clone();
-        let mut outgoing = io.outgoing;
-        let forwarder = tokio::spawn(async move {
-            while let Some(o) = outgoing.recv().await {
-                if matches!(o, Outgoing::Cell(_)) {
-                    match c2.acquire().await {
-                        Ok(p) => p.forget(),
-                        Err(_) => return,
-                    }
-                }
-                if cmd.send(Cmd::Out(addr, o)).await.is_err() {
-                    return;
-                }
-            }
-            // The node dropped its sender: close gracefully.
-            let _ = cmd.send(Cmd::Out(addr, Outgoing::Close)).await;
-        })
-        .abort_handle();
+        let credit = Arc::new(Credit::default());
+        credit.add(SEND_CREDIT);
+        self.link_count += 1;
+        let number = self.link_count;
+        self.outgoing
+            .push(outgoing_stream(addr, number, io.outgoing, credit.clone()).boxed());
         self.links.insert(
             addr,
             LinkSlot {
+                number,
                 incoming: io.incoming,
                 closed: io.closed,
                 credit,
-                forwarder,
-                held: None,
+                awaiting_room: false,
             },
         );
         link
     }
+}
+
+/// Sends a gathered batch and empties it.
+async fn flush(socket: &BatchSocket, batch: &mut GsoBatch) {
+    if let Some((to, bytes, segment)) = batch.contents() {
+        socket.send(to, bytes, segment).await;
+    }
+    batch.clear();
 }
 
 impl Transport for UdtTransport {
@@ -324,7 +417,7 @@ impl Transport for UdtTransport {
         Box::pin(async move {
             let (reply, rx) = oneshot::channel();
             self.cmd
-                .send(Cmd::Connect {
+                .send(Connect {
                     addr,
                     expected,
                     reply,

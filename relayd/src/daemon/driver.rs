@@ -2,10 +2,16 @@
 //! onto links, kernel timers, and kernel events dispatched to waiting
 //! handles or to the services (exit, tracker, messages).
 //!
-//! Backpressure: a link whose channel is full keeps its next cell in a stash
-//! and is not drained again until the link signals room, so a slow link
-//! makes the kernel's per-circuit queues (bounded) hold the cells, and the
-//! kernel's end-to-end windows slow the senders.
+//! Cells move in batches: a link's received cells are taken from its queue
+//! all at once and handled under one lock, and a link's outgoing cells are
+//! pushed while its queue has room, under one queue lock (per-cell channel
+//! operations cost more than the onion layer itself; docs/benchmarks.md).
+//!
+//! Backpressure: the node's cells for a link stay in the node while the
+//! link's queue is full, and that link is not flushed again until it
+//! signals room, so a slow link makes the kernel's per-circuit queues
+//! (bounded) hold the cells, and the kernel's end-to-end windows slow the
+//! senders.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,28 +19,35 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, FuturesUnordered, SelectAll};
 use futures::{FutureExt, StreamExt};
-use relay_kernel::{Cell, CellCommand, Event, LinkId, NodeId, StreamKind};
-use relay_link::{Link, LinkAddr};
+use relay_kernel::{Cell, CellCommand, Event, LinkId, NodeId, StreamKind, Time};
+use relay_link::{Link, LinkAddr, Push};
 use tokio::sync::mpsc;
 
 use super::{Daemon, Inner, LinkSlot, State};
 use crate::descriptor::Descriptor;
 
-/// Cells handled per lock acquisition before output is flushed.
-const BATCH: usize = 128;
+/// Cells taken from one link per batch.
+const BATCH: usize = 256;
+/// Batches handled per lock acquisition before output is flushed.
+const BATCHES_PER_LOCK: usize = 16;
 
-type LinkRx = BoxStream<'static, (LinkId, Option<Cell>)>;
+/// A batch of received cells, or `None` once the link has closed.
+type LinkRx = BoxStream<'static, (LinkId, Option<Vec<Cell>>)>;
 
-fn async_stream(
+fn batch_stream(
     id: LinkId,
-    rx: relay_link::LinkReceiver,
-) -> impl futures::Stream<Item = (LinkId, Option<Cell>)> + Send {
-    futures::stream::unfold(Some(rx), move |rx| async move {
-        let mut rx = rx?;
-        match rx.recv().await {
-            Some(cell) => Some(((id, Some(cell)), Some(rx))),
-            None => Some(((id, None), None)),
+    mut rx: relay_link::LinkReceiver,
+) -> impl futures::Stream<Item = (LinkId, Option<Vec<Cell>>)> + Send {
+    let mut ended = false;
+    futures::stream::poll_fn(move |cx| {
+        if ended {
+            return std::task::Poll::Ready(None);
         }
+        let mut cells = Vec::new();
+        rx.poll_recv_many(cx, &mut cells, BATCH).map(|n| {
+            ended = n == 0;
+            Some((id, (n > 0).then_some(cells)))
+        })
     })
 }
 
@@ -54,17 +67,24 @@ pub(super) async fn run(inner: Arc<Inner>, mut new_links: mpsc::UnboundedReceive
                 let mut st = inner.lock();
                 register(&inner, &mut st, link, &mut links);
             }
-            Some((id, cell)) = links.next(), if !links.is_empty() => {
+            Some((id, cells)) = links.next(), if !links.is_empty() => {
                 let mut st = inner.lock();
-                let mut next = Some((id, cell));
+                // One clock read per wake-up, not per cell (it showed in
+                // the profile); cells of one batch arrived together anyway.
+                let now = inner.now();
+                let mut next = Some((id, cells));
                 let mut n = 0;
-                while let Some((id, cell)) = next.take() {
-                    match cell {
-                        Some(cell) => incoming(&inner, &mut st, id, cell),
+                while let Some((id, cells)) = next.take() {
+                    match cells {
+                        Some(cells) => {
+                            for cell in cells {
+                                incoming(&inner, &mut st, now, id, cell);
+                            }
+                        }
                         None => link_closed(&inner, &mut st, id),
                     }
                     n += 1;
-                    if n < BATCH {
+                    if n < BATCHES_PER_LOCK {
                         next = links.next().now_or_never().flatten();
                     }
                 }
@@ -119,12 +139,11 @@ fn register(inner: &Arc<Inner>, st: &mut State, link: Link, links: &mut SelectAl
             peer,
             remote,
             initiator,
-            stash: None,
             blocked: false,
             info_at: None,
         },
     );
-    links.push(Box::pin(async_stream(id, rx)));
+    links.push(Box::pin(batch_stream(id, rx)));
     st.connecting.remove(&peer);
     for w in st.link_waiters.remove(&peer).unwrap_or_default() {
         let _ = w.send(Ok(id));
@@ -142,7 +161,7 @@ pub(super) fn link_info_cell(desc: &[u8]) -> Option<Cell> {
     Some(cell)
 }
 
-fn incoming(inner: &Arc<Inner>, st: &mut State, id: LinkId, cell: Cell) {
+fn incoming(inner: &Arc<Inner>, st: &mut State, now: Time, id: LinkId, cell: Cell) {
     if cell.command() == Ok(CellCommand::LinkInfo) {
         let Some(slot) = st.links.get_mut(&id) else {
             return;
@@ -167,7 +186,6 @@ fn incoming(inner: &Arc<Inner>, st: &mut State, id: LinkId, cell: Cell) {
         }
         return;
     }
-    let now = inner.now();
     st.node.handle_cell(now, id, cell);
 }
 
@@ -191,33 +209,22 @@ fn flush_link(st: &mut State, id: LinkId, room: &mut FuturesUnordered<BoxFuture<
     if l.blocked {
         return;
     }
-    loop {
-        let cell = match l.stash.take() {
-            Some(c) => c,
-            None => match node.poll_transmit(id) {
-                Some(c) => c,
-                None => return,
-            },
-        };
-        match l.tx.try_send(cell) {
-            Ok(()) => {}
-            Err(Some(cell)) => {
-                l.stash = Some(cell);
-                l.blocked = true;
-                let tx = l.tx.clone();
-                room.push(
-                    async move {
-                        let _ = tx.ready().await;
-                        id
-                    }
-                    .boxed(),
-                );
-                return;
-            }
-            // Closed: the link task is gone; its receiver will end shortly
-            // and `link_closed` cleans up.
-            Err(None) => return,
+    match l.tx.push_from(|| node.poll_transmit(id)) {
+        Push::Drained => {}
+        Push::Full => {
+            l.blocked = true;
+            let tx = l.tx.clone();
+            room.push(
+                async move {
+                    let _ = tx.ready().await;
+                    id
+                }
+                .boxed(),
+            );
         }
+        // Closed: the link task is gone; its receiver will end shortly and
+        // `link_closed` cleans up (dropping what the node still has).
+        Push::Closed => {}
     }
 }
 

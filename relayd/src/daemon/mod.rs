@@ -113,8 +113,6 @@ pub(crate) struct LinkSlot {
     pub peer: NodeId,
     pub remote: SocketAddr,
     pub initiator: bool,
-    /// A cell the link could not take yet (sent first when it can).
-    pub stash: Option<relay_kernel::Cell>,
     pub blocked: bool,
     /// When the peer's last LinkInfo was taken: at most one a minute, so a
     /// hostile neighbour cannot make us verify signatures in a loop.
@@ -651,7 +649,7 @@ impl Daemon {
         self.inner.wake.notify_one();
         tokio::time::sleep(Duration::from_millis(200)).await;
         for l in links {
-            l.close().await;
+            l.close();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
