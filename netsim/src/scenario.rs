@@ -9,6 +9,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use relay_link_udt::cc::CongestionKind;
+
 use crate::error::SimError;
 use crate::link::GilbertElliott;
 
@@ -26,6 +28,10 @@ pub struct Scenario {
     /// Link kind: "udt" or "tcp".
     #[serde(default = "default_link")]
     pub link: String,
+    /// Congestion controller of udt links: "cubic" or "bbr" (None: the udt
+    /// default).
+    #[serde(default)]
+    pub cc: Option<String>,
     /// Bytes of IPv4 + UDP header counted on the wire per datagram.
     #[serde(default = "default_ip_overhead")]
     pub ip_overhead: usize,
@@ -333,6 +339,14 @@ impl Scenario {
         }
     }
 
+    /// The udt congestion controller the scenario asks for.
+    pub fn congestion(&self) -> Result<CongestionKind, SimError> {
+        match &self.cc {
+            None => Ok(CongestionKind::default()),
+            Some(s) => s.parse().map_err(SimError::Invalid),
+        }
+    }
+
     /// Checks the scenario makes sense.
     pub fn validate(&self) -> Result<(), SimError> {
         let bad = |m: String| Err(SimError::Invalid(m));
@@ -342,6 +356,7 @@ impl Scenario {
         if self.link != "udt" && self.link != "tcp" {
             return bad(format!("link must be udt or tcp, not {}", self.link));
         }
+        self.congestion()?;
         for g in &self.groups {
             if !matches!(g.role.as_str(), "client" | "relay" | "exit") {
                 return bad(format!(
@@ -401,5 +416,9 @@ mod tests {
         assert_eq!(s.traffic[0].timeouts_s, vec![15.0, 60.0, 120.0]);
         assert!(Scenario::parse("t", "name = \"t\"\nduration_s = 1\nlnk = \"tcp\"").is_err());
         assert!(Scenario::parse("t", "name = \"t\"\nduration_s = 1\nlink = \"sctp\"").is_err());
+        assert_eq!(s.congestion().unwrap(), CongestionKind::default());
+        let bbr = Scenario::parse("t", "name = \"t\"\nduration_s = 1\ncc = \"bbr\"").unwrap();
+        assert_eq!(bbr.congestion().unwrap(), CongestionKind::Bbr);
+        assert!(Scenario::parse("t", "name = \"t\"\nduration_s = 1\ncc = \"reno\"").is_err());
     }
 }

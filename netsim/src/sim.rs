@@ -366,7 +366,12 @@ impl Sim {
         let node = Node::new(identity.node_id(), onion, config, Box::new(rng));
         let core: Box<dyn LinkCore> = match self.scenario.link.as_str() {
             "tcp" => Box::new(TcpCore::new(identity.node_id(), self.max_datagram, secret)),
-            _ => Box::new(UdtCore::new(&identity, secret, self.max_datagram)?),
+            _ => Box::new(UdtCore::new(
+                &identity,
+                secret,
+                self.max_datagram,
+                self.scenario.congestion()?,
+            )?),
         };
         Ok((node, core))
     }

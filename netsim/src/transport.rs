@@ -4,12 +4,14 @@
 //!
 //! [`UdtCore`] adapts the real `relay-link-udt` sans-IO [`Endpoint`]
 //! (Noise handshake, AEAD per datagram, selective ACKs, per-circuit
-//! ordering, CUBIC with pacing) without changing its behaviour.
+//! ordering, CUBIC or the BBR-style model with pacing) without changing its
+//! behaviour.
 
 use std::net::SocketAddr;
 
 use relay_kernel::{Cell, NodeId, Time};
 use relay_link::{Identity, StaticKey};
+use relay_link_udt::cc::CongestionKind;
 use relay_link_udt::conn::ConnConfig;
 use relay_link_udt::endpoint::{Endpoint, EndpointConfig, EndpointEvent};
 use relay_link_udt::packet::{DATA, DATA_HEADER};
@@ -75,16 +77,19 @@ pub struct UdtCore {
 
 impl UdtCore {
     /// A udt endpoint for `identity`; `secret` seeds its cookie key and
-    /// hash tables; `max_datagram` is the UDP payload limit.
+    /// hash tables; `max_datagram` is the UDP payload limit; `cc` the
+    /// congestion controller.
     pub fn new(
         identity: &Identity,
         secret: [u8; 32],
         max_datagram: usize,
+        cc: CongestionKind,
     ) -> Result<Self, SimError> {
         let key = StaticKey::new(identity).map_err(|e| SimError::Link(e.to_string()))?;
         let config = EndpointConfig {
             conn: ConnConfig {
                 max_datagram,
+                cc,
                 ..ConnConfig::default()
             },
             ..EndpointConfig::default()

@@ -1,8 +1,92 @@
 //! Congestion control for udt links behind one trait, plus the RTT
-//! estimator. CUBIC (RFC 9438) is the default; the trait is where UDT's
-//! rate-based scheme and a BBR-style model would plug in (not written yet).
+//! estimator.
+//!
+//! Two controllers, chosen per connection by [`CongestionKind`] in
+//! `ConnConfig`:
+//!
+//! - [`Cubic`] (RFC 9438), loss-based: every loss episode cuts the window
+//!   by 30%, so on a path with random (non-congestion) loss it settles
+//!   near Reno's `1.22 MSS / (RTT sqrt(p))`;
+//! - [`bbr::Bbr`], model-based in the spirit of BBR: it estimates the
+//!   bottleneck bandwidth (windowed max of per-ACK delivery-rate samples,
+//!   [`rate`]) and the minimum RTT, paces at a gain times the bandwidth and
+//!   bounds the bytes in flight at twice their product. Random loss does
+//!   not move it; only a round trip losing over 5% of its packets bounds
+//!   its window (BBRv2-style).
+//!
+//! The connection feeds the controller an [`AckSample`] per ACK (bytes
+//! acknowledged, the delivery-rate sample, bytes in flight, the RTT sample)
+//! and the bytes of each batch of packets declared lost; the controller
+//! gives back the window and the pacing interval.
+
+pub mod bbr;
+pub mod rate;
 
 use relay_kernel::Time;
+use relay_link::transport::TAG_LEN;
+
+pub use rate::RateSample;
+
+/// Which congestion controller a connection runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CongestionKind {
+    /// CUBIC with pacing at 1.25 x window / RTT.
+    #[default]
+    Cubic,
+    /// The BBR-style model ([`bbr::Bbr`]).
+    Bbr,
+}
+
+impl CongestionKind {
+    /// A controller of this kind for datagrams of up to `max_datagram`
+    /// bytes; `seed` gives it its (deterministic) randomness.
+    pub fn build(self, max_datagram: usize, seed: u64) -> Box<dyn Congestion> {
+        match self {
+            CongestionKind::Cubic => Box::new(Cubic::new(
+                max_datagram.saturating_sub(crate::packet::DATA_HEADER + TAG_LEN),
+            )),
+            CongestionKind::Bbr => Box::new(bbr::Bbr::new(max_datagram, seed)),
+        }
+    }
+}
+
+impl std::str::FromStr for CongestionKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cubic" => Ok(CongestionKind::Cubic),
+            "bbr" => Ok(CongestionKind::Bbr),
+            _ => Err(format!("congestion control must be cubic or bbr, not {s}")),
+        }
+    }
+}
+
+impl std::fmt::Display for CongestionKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CongestionKind::Cubic => "cubic",
+            CongestionKind::Bbr => "bbr",
+        })
+    }
+}
+
+/// What one ACK told the sender.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AckSample {
+    /// Bytes newly acknowledged.
+    pub acked: usize,
+    /// Bytes in flight before the ACK.
+    pub prior_in_flight: usize,
+    /// Bytes in flight after it (before loss detection).
+    pub in_flight: usize,
+    /// Bytes delivered over the connection's life, this ACK included.
+    pub delivered: u64,
+    /// The delivery-rate sample of the newest packet acknowledged.
+    pub rate: Option<RateSample>,
+    /// The RTT sample of this ACK (ACK delay removed), if it gave one.
+    pub rtt: Option<u64>,
+}
 
 /// Smoothed RTT state (RFC 9002 style), in nanoseconds.
 #[derive(Clone, Copy, Debug)]
@@ -59,10 +143,11 @@ impl Rtt {
 pub trait Congestion: Send {
     /// Bytes that may be in flight.
     fn window(&self) -> usize;
-    /// Bytes were acknowledged.
-    fn on_ack(&mut self, now: Time, bytes: usize, rtt: &Rtt);
-    /// A packet sent at `sent` was lost (one reduction per round trip).
-    fn on_loss(&mut self, now: Time, sent: Time);
+    /// An ACK acknowledged new data.
+    fn on_ack(&mut self, now: Time, ack: &AckSample, rtt: &Rtt);
+    /// Packets of `bytes` in all, the newest sent at `sent`, were declared
+    /// lost (a loss-based controller reduces once per round trip).
+    fn on_loss(&mut self, now: Time, sent: Time, bytes: usize);
     /// Pacing interval for a datagram of `bytes`, in nanoseconds.
     fn pacing_interval(&self, bytes: usize, rtt: &Rtt) -> u64 {
         // Pace at 1.25 × window per smoothed RTT.
@@ -109,8 +194,8 @@ impl Congestion for Cubic {
         self.cwnd as usize
     }
 
-    fn on_ack(&mut self, now: Time, bytes: usize, rtt: &Rtt) {
-        let bytes = bytes as f64;
+    fn on_ack(&mut self, now: Time, ack: &AckSample, rtt: &Rtt) {
+        let bytes = ack.acked as f64;
         if self.cwnd < self.ssthresh {
             self.cwnd += bytes;
             return;
@@ -135,7 +220,7 @@ impl Congestion for Cubic {
         }
     }
 
-    fn on_loss(&mut self, now: Time, sent: Time) {
+    fn on_loss(&mut self, now: Time, sent: Time, _bytes: usize) {
         if sent < self.recovery_start {
             return;
         }
@@ -152,23 +237,30 @@ impl Congestion for Cubic {
 mod tests {
     use super::*;
 
+    fn acked(bytes: usize) -> AckSample {
+        AckSample {
+            acked: bytes,
+            ..AckSample::default()
+        }
+    }
+
     #[test]
     fn slow_start_then_multiplicative_decrease_then_regrowth() {
         let mut c = Cubic::new(1000);
         let rtt = Rtt::default();
         let w0 = c.window();
-        c.on_ack(Time(1), 10_000, &rtt);
+        c.on_ack(Time(1), &acked(10_000), &rtt);
         assert_eq!(c.window(), w0 + 10_000);
-        c.on_loss(Time(2), Time(1));
+        c.on_loss(Time(2), Time(1), 1000);
         let after = c.window();
         assert_eq!(after, ((w0 + 10_000) as f64 * BETA) as usize);
         // A second loss from before the reduction is the same event.
-        c.on_loss(Time(3), Time(1));
+        c.on_loss(Time(3), Time(1), 1000);
         assert_eq!(c.window(), after);
         let mut now = Time(3);
         for _ in 0..2000 {
             now = now.plus_nanos(1_000_000);
-            c.on_ack(now, 1000, &rtt);
+            c.on_ack(now, &acked(1000), &rtt);
         }
         assert!(c.window() > after);
     }

@@ -7,7 +7,11 @@
 //! older than 9/8 of the RTT when a later one was acknowledged; its cells go
 //! back to the front of the queue and leave again under new numbers. A probe
 //! timer (PTO) resends the oldest unacknowledged cells if acknowledgements
-//! stop. CUBIC bounds the bytes in flight and pacing spreads them.
+//! stop. The congestion controller (`ConnConfig::cc`: CUBIC or the
+//! BBR-style model, see [`crate::cc`]) bounds the bytes in flight and sets
+//! the pacing that spreads them. Each packet records the delivery state
+//! when it left ([`crate::cc::rate`]), so every ACK yields a delivery-rate
+//! sample; a sender with nothing to send marks the samples app-limited.
 //!
 //! Receiver: packet numbers seen are kept as ranges (duplicates and replays
 //! are dropped) and acknowledged, every second packet or after 1 ms. Each
@@ -22,7 +26,8 @@ use relay_kernel::{Cell, NodeId, Time};
 use relay_link::transport::{OpenKey, SealKey, TAG_LEN};
 use relay_link::Session;
 
-use crate::cc::{Congestion, Cubic, Rtt};
+use crate::cc::rate::{RateSampler, TxState};
+use crate::cc::{AckSample, Congestion, CongestionKind, Rtt};
 use crate::packet::*;
 
 /// Tunables for one connection.
@@ -36,6 +41,8 @@ pub struct ConnConfig {
     pub idle_timeout: u64,
     /// Send a PING after this long without sending.
     pub keepalive: u64,
+    /// Congestion controller.
+    pub cc: CongestionKind,
 }
 
 impl Default for ConnConfig {
@@ -45,6 +52,7 @@ impl Default for ConnConfig {
             recv_window_cells: 8192,
             idle_timeout: 15_000_000_000,
             keepalive: 4_000_000_000,
+            cc: CongestionKind::default(),
         }
     }
 }
@@ -58,6 +66,7 @@ struct Sent {
     time: Time,
     bytes: usize,
     cells: Vec<(u32, Cell)>,
+    tx: TxState,
 }
 
 /// Per-circuit reordering state.
@@ -97,6 +106,7 @@ pub struct Conn {
     first_sends: u64,
     peer_max_cells: u64,
     cc: Box<dyn Congestion>,
+    rate: RateSampler,
     pub(crate) rtt: Rtt,
     pacing_next: Time,
     last_ack_eliciting: Time,
@@ -137,7 +147,6 @@ impl Conn {
         now: Time,
         seed: u64,
     ) -> Conn {
-        let payload = config.max_datagram - DATA_HEADER - TAG_LEN;
         Conn {
             peer: session.peer,
             initiator,
@@ -151,7 +160,8 @@ impl Conn {
             circ_out: crate::fast_map(seed),
             first_sends: 0,
             peer_max_cells: config.recv_window_cells,
-            cc: Box::new(Cubic::new(payload)),
+            cc: config.cc.build(config.max_datagram, seed),
+            rate: RateSampler::new(now),
             rtt: Rtt::default(),
             pacing_next: now,
             last_ack_eliciting: now,
@@ -328,27 +338,45 @@ impl Conn {
         };
         let mut acked_bytes = 0;
         let mut largest_newly = None;
+        let prior_in_flight = self.bytes_in_flight;
         for &(lo, hi) in &ack.ranges {
             let pns: Vec<u64> = self.sent.range(lo..=hi).map(|(pn, _)| *pn).collect();
             for pn in pns {
                 if let Some(s) = self.sent.remove(&pn) {
                     self.bytes_in_flight -= s.bytes;
                     acked_bytes += s.bytes;
+                    self.rate.on_packet_acked(now, s.bytes, &s.tx);
                     if pn == largest {
                         largest_newly = Some(s.time);
                     }
                 }
             }
         }
+        let mut rtt_sample = None;
         if let Some(sent_at) = largest_newly {
             let rtt = now
                 .since(sent_at)
                 .saturating_sub(u64::from(ack.delay_us) * 1000);
-            self.rtt.sample(rtt.max(now.since(sent_at) / 8));
+            let rtt = rtt.max(now.since(sent_at) / 8);
+            self.rtt.sample(rtt);
+            rtt_sample = Some(rtt);
         }
         if acked_bytes > 0 {
             self.pto_count = 0;
-            self.cc.on_ack(now, acked_bytes, &self.rtt);
+            let min_rtt = if self.rtt.min == u64::MAX {
+                0
+            } else {
+                self.rtt.min
+            };
+            let sample = AckSample {
+                acked: acked_bytes,
+                prior_in_flight,
+                in_flight: self.bytes_in_flight,
+                delivered: self.rate.delivered(),
+                rate: self.rate.take_sample(min_rtt),
+                rtt: rtt_sample,
+            };
+            self.cc.on_ack(now, &sample, &self.rtt);
         }
         self.largest_acked = Some(self.largest_acked.map_or(largest, |l| l.max(largest)));
         self.detect_losses(now);
@@ -371,9 +399,11 @@ impl Conn {
     /// Puts the cells of lost packets back at the front, oldest first.
     fn requeue(&mut self, now: Time, lost: &[u64]) {
         let mut newest_sent = None;
+        let mut lost_bytes = 0;
         for pn in lost.iter().rev() {
             if let Some(s) = self.sent.remove(pn) {
                 self.bytes_in_flight -= s.bytes;
+                lost_bytes += s.bytes;
                 newest_sent = Some(newest_sent.map_or(s.time, |t: Time| t.max(s.time)));
                 self.retransmitted_cells += s.cells.len() as u64;
                 for (seq, c) in s.cells.into_iter().rev() {
@@ -382,7 +412,7 @@ impl Conn {
             }
         }
         if let Some(t) = newest_sent {
-            self.cc.on_loss(now, t);
+            self.cc.on_loss(now, t, lost_bytes);
         }
     }
 
@@ -525,6 +555,7 @@ impl Conn {
         let want_ack =
             !self.received.is_empty() && (ack_due || (eliciting && self.ack_pending > 0));
         if !eliciting && !want_ack {
+            self.note_app_limited();
             return false;
         }
         if want_ack {
@@ -558,6 +589,7 @@ impl Conn {
         self.last_send = now;
         if eliciting {
             let bytes = out.len();
+            let tx = self.rate.on_send(now, self.bytes_in_flight);
             self.bytes_in_flight += bytes;
             self.last_ack_eliciting = now;
             if !cells.is_empty() {
@@ -571,10 +603,25 @@ impl Conn {
                     time: now,
                     bytes,
                     cells,
+                    tx,
                 },
             );
         }
+        self.note_app_limited();
         true
+    }
+
+    /// With room in the window but no cell it may send (the queue is empty
+    /// or the peer's cell window is full), the sender is app-limited:
+    /// delivery-rate samples show what it was given, not what the path
+    /// carries.
+    fn note_app_limited(&mut self) {
+        let can_send = self.queue.front().is_some_and(|(_, _, retransmit)| {
+            *retransmit || self.first_sends < self.peer_max_cells
+        });
+        if !can_send && self.bytes_in_flight + self.config.max_datagram <= self.cc.window() {
+            self.rate.on_app_limited(self.bytes_in_flight);
+        }
     }
 
     /// Cells sent for the first time since the last call (the driver turns

@@ -9,7 +9,7 @@ use relay_netsim::output::{find_scenario, list_scenarios, run, write_outputs};
 use relay_netsim::SimError;
 
 const USAGE: &str =
-    "netsim run SCENARIO [--seed N] [--out DIR] [--duration S] | netsim list | netsim plot DIR";
+    "netsim run SCENARIO [--seed N] [--out DIR] [--duration S] [--link udt|tcp] [--cc cubic|bbr] [--loss P] | netsim list | netsim plot DIR";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -49,6 +49,7 @@ fn cmd_run(args: &[String]) -> Result<(), SimError> {
     let mut out = None;
     let mut duration = None;
     let mut link = None;
+    let mut cc = None;
     let mut loss = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -72,6 +73,7 @@ fn cmd_run(args: &[String]) -> Result<(), SimError> {
                 )
             }
             "--link" => link = Some(value()?),
+            "--cc" => cc = Some(value()?),
             "--loss" => {
                 loss = Some(
                     value()?
@@ -91,10 +93,18 @@ fn cmd_run(args: &[String]) -> Result<(), SimError> {
     if let Some(l) = link {
         scenario.link = l;
     }
+    if cc.is_some() {
+        scenario.cc = cc;
+    }
     if let Some(p) = loss {
         scenario.set_loss(p);
     }
     scenario.validate()?;
+    let link_desc = if scenario.link == "udt" {
+        format!("udt, cc {}", scenario.congestion()?)
+    } else {
+        scenario.link.clone()
+    };
     let out = out.unwrap_or_else(|| PathBuf::from(format!("netsim-out/{}-{seed}", scenario.name)));
     let tty = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
@@ -113,8 +123,8 @@ fn cmd_run(args: &[String]) -> Result<(), SimError> {
     let r = &result.results;
     let p = &result.perf;
     println!(
-        "{}: {} transfers, {} ok, {} unfinished, error rate {:.4}, goodput {:.2} Mbit/s",
-        r.scenario, r.transfers, r.ok, r.unfinished, r.error_rate, r.goodput_mbit
+        "{} ({}): {} transfers, {} ok, {} unfinished, error rate {:.4}, goodput {:.2} Mbit/s",
+        r.scenario, link_desc, r.transfers, r.ok, r.unfinished, r.error_rate, r.goodput_mbit
     );
     for (label, s) in &r.by_size {
         println!(
