@@ -39,10 +39,36 @@ impl SealKey {
     /// Seals `buf[start..]` in place and appends the tag, leaving
     /// `buf[..start]` (e.g. a clear length prefix) as it is.
     pub fn seal_from(&self, n: u64, buf: &mut Vec<u8>, start: usize) -> Result<(), LinkError> {
-        let body = buf.get_mut(start..).ok_or(LinkError::BadPacket("seal"))?;
+        self.seal_tail(n, buf, start, false)
+    }
+
+    /// Like [`Self::seal_from`], with the clear prefix `buf[..start]` (a
+    /// packet header) authenticated as associated data. No copy, no
+    /// allocation: the datagram is sealed where it was built.
+    pub fn seal_after_header(
+        &self,
+        n: u64,
+        buf: &mut Vec<u8>,
+        start: usize,
+    ) -> Result<(), LinkError> {
+        self.seal_tail(n, buf, start, true)
+    }
+
+    fn seal_tail(
+        &self,
+        n: u64,
+        buf: &mut Vec<u8>,
+        start: usize,
+        header_is_aad: bool,
+    ) -> Result<(), LinkError> {
+        if start > buf.len() {
+            return Err(LinkError::BadPacket("seal"));
+        }
+        let (head, body) = buf.split_at_mut(start);
+        let aad = if header_is_aad { &head[..] } else { &[][..] };
         let tag = self
             .0
-            .seal_in_place_separate_tag(nonce(n), Aad::empty(), body)
+            .seal_in_place_separate_tag(nonce(n), Aad::from(aad), body)
             .map_err(|_| LinkError::BadPacket("seal"))?;
         buf.extend_from_slice(tag.as_ref());
         Ok(())

@@ -99,6 +99,8 @@ pub struct Conn {
     // Send side.
     next_pn: u64,
     sent: BTreeMap<u64, Sent>,
+    /// Emptied `Sent::cells` lists for reuse.
+    spare_cell_lists: Vec<Vec<(u32, Cell)>>,
     bytes_in_flight: usize,
     /// (circuit sequence, cell, is a retransmission)
     queue: VecDeque<(u32, Cell, bool)>,
@@ -155,6 +157,7 @@ impl Conn {
             config,
             next_pn: 0,
             sent: BTreeMap::new(),
+            spare_cell_lists: Vec::new(),
             bytes_in_flight: 0,
             queue: VecDeque::new(),
             circ_out: crate::fast_map(seed),
@@ -294,6 +297,14 @@ impl Conn {
         if r.first().is_none_or(|(_, hi)| pn > *hi) {
             self.largest_recv_time = now;
         }
+        // The common case, the next packet in order, extends the newest
+        // range (what the general merge below would also produce).
+        if let Some(first) = r.first_mut() {
+            if first.1.checked_add(1) == Some(pn) {
+                first.1 = pn;
+                return;
+            }
+        }
         // Ranges are kept highest first and merged.
         let at = r.iter().position(|(lo, _)| *lo <= pn).unwrap_or(r.len());
         r.insert(at, (pn, pn));
@@ -340,16 +351,18 @@ impl Conn {
         let mut largest_newly = None;
         let prior_in_flight = self.bytes_in_flight;
         for &(lo, hi) in &ack.ranges {
-            let pns: Vec<u64> = self.sent.range(lo..=hi).map(|(pn, _)| *pn).collect();
-            for pn in pns {
-                if let Some(s) = self.sent.remove(&pn) {
-                    self.bytes_in_flight -= s.bytes;
-                    acked_bytes += s.bytes;
-                    self.rate.on_packet_acked(now, s.bytes, &s.tx);
-                    if pn == largest {
-                        largest_newly = Some(s.time);
-                    }
+            while let Some(pn) = self.sent.range(lo..=hi).next().map(|(pn, _)| *pn) {
+                let Some(mut s) = self.sent.remove(&pn) else {
+                    break;
+                };
+                self.bytes_in_flight -= s.bytes;
+                acked_bytes += s.bytes;
+                self.rate.on_packet_acked(now, s.bytes, &s.tx);
+                if pn == largest {
+                    largest_newly = Some(s.time);
                 }
+                s.cells.clear();
+                self.recycle_cell_list(s.cells);
             }
         }
         let mut rtt_sample = None;
@@ -394,6 +407,15 @@ impl Conn {
             .map(|(pn, _)| *pn)
             .collect();
         self.requeue(now, &lost);
+    }
+
+    /// Keeps an emptied per-packet cell list for the next packet (bounded),
+    /// so steady sending allocates none.
+    fn recycle_cell_list(&mut self, list: Vec<(u32, Cell)>) {
+        const SPARE_LISTS: usize = 1024;
+        if self.spare_cell_lists.len() < SPARE_LISTS && list.capacity() > 0 {
+            self.spare_cell_lists.push(list);
+        }
     }
 
     /// Puts the cells of lost packets back at the front, oldest first.
@@ -505,7 +527,7 @@ impl Conn {
         let ack_due = self.ack_pending >= 2
             || self.ack_deadline.is_some_and(|d| d <= now)
             || self.window_dirty;
-        let mut cells = Vec::new();
+        let mut cells = self.spare_cell_lists.pop().unwrap_or_default();
         let mut eliciting = false;
         let paced = now >= self.pacing_next;
         let window_open = self.bytes_in_flight + self.config.max_datagram <= self.cc.window();
@@ -555,6 +577,7 @@ impl Conn {
         let want_ack =
             !self.received.is_empty() && (ack_due || (eliciting && self.ack_pending > 0));
         if !eliciting && !want_ack {
+            self.recycle_cell_list(cells);
             self.note_app_limited();
             return false;
         }
@@ -577,15 +600,9 @@ impl Conn {
         }
         let pn = self.next_pn;
         self.next_pn += 1;
-        let mut body = out.split_off(DATA_HEADER);
-        if self
-            .seal
-            .seal_with_aad(pn, &out[..DATA_HEADER], &mut body)
-            .is_err()
-        {
+        if self.seal.seal_after_header(pn, out, DATA_HEADER).is_err() {
             return false;
         }
-        out.extend_from_slice(&body);
         self.last_send = now;
         if eliciting {
             let bytes = out.len();
@@ -606,6 +623,8 @@ impl Conn {
                     tx,
                 },
             );
+        } else {
+            self.recycle_cell_list(cells);
         }
         self.note_app_limited();
         true
