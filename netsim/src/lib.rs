@@ -28,6 +28,7 @@ pub mod pcap;
 pub mod plot;
 pub mod probe;
 pub mod queue;
+pub mod quic;
 pub mod results;
 pub mod rng;
 pub mod scenario;

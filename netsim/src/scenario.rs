@@ -25,7 +25,7 @@ pub struct Scenario {
     pub description: String,
     /// Simulated seconds.
     pub duration_s: f64,
-    /// Link kind: "udt" or "tcp".
+    /// Link kind: one of [`LINK_KINDS`].
     #[serde(default = "default_link")]
     pub link: String,
     /// Congestion controller of udt links: "cubic" or "bbr" (None: the udt
@@ -66,6 +66,11 @@ pub struct Scenario {
     #[serde(default)]
     pub report: ReportSpec,
 }
+
+/// The link kinds a scenario can ask for: `udt` (the real udt core),
+/// `quic` (real quinn-proto connections), `tcp` (smoltcp's real TCP
+/// state machine) and `tcp-model` (netsim's own NewReno model).
+pub const LINK_KINDS: &[&str] = &["udt", "quic", "tcp", "tcp-model"];
 
 fn default_link() -> String {
     "udt".into()
@@ -353,8 +358,12 @@ impl Scenario {
         if self.duration_s.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
             return bad("duration_s must be positive".into());
         }
-        if self.link != "udt" && self.link != "tcp" {
-            return bad(format!("link must be udt or tcp, not {}", self.link));
+        if !LINK_KINDS.contains(&self.link.as_str()) {
+            return bad(format!(
+                "link must be one of {}, not {}",
+                LINK_KINDS.join(", "),
+                self.link
+            ));
         }
         self.congestion()?;
         for g in &self.groups {

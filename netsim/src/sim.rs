@@ -20,6 +20,7 @@ use crate::host::{AppEvent, BufPool, Datagram, Directory, Host};
 use crate::link::{Bottleneck, PathModel};
 use crate::network::{Network, Partition};
 use crate::probe::Probes;
+use crate::quic::QuicCore;
 use crate::rng::{crypto_stream, model_stream, Purpose};
 use crate::scenario::{HostParams, PathParams, Scenario};
 use crate::tcp::TcpCore;
@@ -365,13 +366,17 @@ impl Sim {
         };
         let node = Node::new(identity.node_id(), onion, config, Box::new(rng));
         let core: Box<dyn LinkCore> = match self.scenario.link.as_str() {
-            "tcp" => Box::new(TcpCore::new(identity.node_id(), self.max_datagram, secret)),
-            _ => Box::new(UdtCore::new(
+            "tcp-model" | "tcp" => {
+                Box::new(TcpCore::new(identity.node_id(), self.max_datagram, secret))
+            }
+            "quic" => Box::new(QuicCore::new(&identity, secret, self.max_datagram)?),
+            "udt" => Box::new(UdtCore::new(
                 &identity,
                 secret,
                 self.max_datagram,
                 self.scenario.congestion()?,
             )?),
+            other => return Err(SimError::Invalid(format!("unknown link kind {other}"))),
         };
         Ok((node, core))
     }

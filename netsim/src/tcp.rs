@@ -388,7 +388,7 @@ fn read_u64(b: &[u8], at: usize) -> Option<u64> {
 
 impl LinkCore for TcpCore {
     fn kind(&self) -> &'static str {
-        "tcp"
+        "tcp-model"
     }
 
     fn connect(&mut self, now: Time, addr: SocketAddr, expected: NodeId) -> bool {
