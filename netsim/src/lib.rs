@@ -35,6 +35,7 @@ pub mod scenario;
 pub mod sim;
 pub mod stats;
 pub mod tcp;
+pub mod tcp_model;
 pub mod traffic;
 pub mod transport;
 

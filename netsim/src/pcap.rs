@@ -89,6 +89,20 @@ impl Capture {
         self.packets += 1;
     }
 
+    /// Records a whole IPv4 packet (the `tcp` link kind's datagrams).
+    pub fn record_ip(&mut self, ns: u64, packet: &[u8]) {
+        let secs = (ns / 1_000_000_000) as u32;
+        let nanos = (ns % 1_000_000_000) as u32;
+        self.bytes.extend_from_slice(&secs.to_le_bytes());
+        self.bytes.extend_from_slice(&nanos.to_le_bytes());
+        self.bytes
+            .extend_from_slice(&(packet.len() as u32).to_le_bytes());
+        self.bytes
+            .extend_from_slice(&(packet.len() as u32).to_le_bytes());
+        self.bytes.extend_from_slice(packet);
+        self.packets += 1;
+    }
+
     /// The file contents.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes

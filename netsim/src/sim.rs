@@ -23,12 +23,17 @@ use crate::probe::Probes;
 use crate::quic::QuicCore;
 use crate::rng::{crypto_stream, model_stream, Purpose};
 use crate::scenario::{HostParams, PathParams, Scenario};
-use crate::tcp::TcpCore;
+use crate::tcp::SmolTcpCore;
+use crate::tcp_model::TcpCore;
 use crate::traffic::{secs, AppTimer, HostInfo, Schedule, Traffic};
 use crate::transport::{LinkCore, UdtCore};
 
 /// The port every simulated host listens on.
 pub const PORT: u16 = 9000;
+
+/// Bytes of IPv4 + UDP header: what `ip_overhead` counts by default, and
+/// what link cores that send whole IP packets carry themselves.
+const UDP_IP_HEADER: usize = 28;
 
 /// What the event loop processes.
 enum Ev {
@@ -116,6 +121,10 @@ pub struct Sim {
     /// Datagrams that arrived at a crashed host.
     pub to_dead_host: u64,
     max_datagram: usize,
+    /// Bytes the network adds to each datagram on the wire.
+    overhead: usize,
+    /// The link cores send whole IPv4 packets (pcap writes them as they are).
+    raw_ip: bool,
     app: Vec<AppEvent>,
     out: Vec<Datagram>,
     pool: BufPool,
@@ -302,6 +311,8 @@ impl Sim {
             datagrams: 0,
             to_dead_host: 0,
             max_datagram,
+            overhead: scenario.ip_overhead,
+            raw_ip: false,
             app: Vec::new(),
             out: Vec::new(),
             pool: BufPool::default(),
@@ -318,6 +329,14 @@ impl Sim {
         for i in 0..infos.len() {
             let (node, core) = sim.make_node(i, 0)?;
             sim.hosts.push(Host::new(i, sim.addrs[i], node, core));
+        }
+        if sim
+            .hosts
+            .first()
+            .is_some_and(|h| h.core.ip_header_included())
+        {
+            sim.raw_ip = true;
+            sim.overhead = sim.scenario.ip_overhead.saturating_sub(UDP_IP_HEADER);
         }
         // Crashes: a seeded choice of hosts per spec.
         let mut crash_rng = model_stream(seed, Purpose::Scenario, 0);
@@ -366,9 +385,15 @@ impl Sim {
         };
         let node = Node::new(identity.node_id(), onion, config, Box::new(rng));
         let core: Box<dyn LinkCore> = match self.scenario.link.as_str() {
-            "tcp-model" | "tcp" => {
-                Box::new(TcpCore::new(identity.node_id(), self.max_datagram, secret))
-            }
+            "tcp-model" => Box::new(TcpCore::new(identity.node_id(), self.max_datagram, secret)),
+            // smoltcp sends whole IPv4 packets: the IPv4 + UDP header the
+            // others pay for is room for its IPv4 + TCP header.
+            "tcp" => Box::new(SmolTcpCore::new(
+                &identity,
+                self.addrs[i],
+                secret,
+                self.max_datagram + UDP_IP_HEADER,
+            )?),
             "quic" => Box::new(QuicCore::new(&identity, secret, self.max_datagram)?),
             "udt" => Box::new(UdtCore::new(
                 &identity,
@@ -418,7 +443,7 @@ impl Sim {
                 data,
                 circuits,
             } => {
-                let len = data.len() + self.scenario.ip_overhead;
+                let len = data.len() + self.overhead;
                 match self.net.down.get_mut(to).and_then(|d| d.admit(now, len)) {
                     Some(t) => self.queue.push(t, Ev::Deliver { from, to, data }),
                     None => {
@@ -589,14 +614,18 @@ impl Sim {
             return;
         };
         if let Some(c) = self.captures.get_mut(&(from, to)) {
-            c.record(now.nanos(), self.addrs[from], dg.to, &dg.data);
+            if self.raw_ip {
+                c.record_ip(now.nanos(), &dg.data);
+            } else {
+                c.record(now.nanos(), self.addrs[from], dg.to, &dg.data);
+            }
         }
         if self.net.cut(now, from, to) {
             self.lost(from, to, &dg.circuits);
             self.pool.give(dg.data);
             return;
         }
-        let len = dg.data.len() + self.scenario.ip_overhead;
+        let len = dg.data.len() + self.overhead;
         let Some(left) = self.net.up.get_mut(from).and_then(|u| u.admit(now, len)) else {
             self.lost(from, to, &dg.circuits);
             self.pool.give(dg.data);

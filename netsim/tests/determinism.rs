@@ -54,3 +54,8 @@ fn quic_runs_are_deterministic() {
 fn tcp_model_runs_are_deterministic() {
     same_seed_same_bytes_other_seed_other_bytes("tcp-model");
 }
+
+#[test]
+fn tcp_runs_are_deterministic() {
+    same_seed_same_bytes_other_seed_other_bytes("tcp");
+}

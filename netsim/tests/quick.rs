@@ -54,3 +54,8 @@ fn quick_scenario_over_the_tcp_model_is_byte_exact_too() {
 fn quick_scenario_over_quic_is_byte_exact_too() {
     quick_over("quic");
 }
+
+#[test]
+fn quick_scenario_over_smoltcp_is_byte_exact_too() {
+    quick_over("tcp");
+}

@@ -21,7 +21,8 @@
 //! (see [`tls`]); MTU discovery is off (the initial MTU is the path's).
 //!
 //! One link per peer: if both ends dial each other at once, both keep the
-//! connection dialled by the node with the smaller id and close the other.
+//! connection dialled by the node with the smaller id and close the other
+//! ([`keep_newer`]).
 
 pub mod tls;
 
@@ -44,7 +45,7 @@ use relay_link::Identity;
 use rustls::crypto::CryptoProvider;
 
 use crate::error::SimError;
-use crate::transport::{CoreEvent, LinkCore};
+use crate::transport::{keep_newer, CoreEvent, LinkCore};
 use tls::{Proved, RngLease};
 
 /// First byte of a stream of cells (as in `links/quic`).
@@ -312,17 +313,10 @@ impl QuicCore {
         if self.dialing.get(&addr) == Some(&h) {
             self.dialing.remove(&addr);
         }
-        // Who dialled this connection and the current one: keep the one
-        // dialled by the smaller node id (both ends decide alike); between
-        // two from the same dialler, the newer (the peer restarted).
-        let dialler = |init: bool| if init { self.id } else { peer };
         let old = self.by_addr.get(&addr).copied().filter(|o| *o != h);
         let keep_new = match old.and_then(|o| self.conns.get(&o)) {
             None => true,
-            Some(o) => {
-                let (a, b) = (dialler(o.initiator), dialler(initiator));
-                a == b || b < a
-            }
+            Some(o) => keep_newer(self.id, peer, o.initiator, initiator),
         };
         if !keep_new {
             if let Some(c) = self.conns.get_mut(&h) {
