@@ -203,7 +203,8 @@ pub struct LinkOverride {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrafficSpec {
-    /// "perf" (tornettools/OnionPerf-like) or "bulk".
+    /// "perf" (tornettools/OnionPerf-like), "bulk", "web" (pages of
+    /// small objects over one circuit) or "echo" (interactive round trips).
     pub kind: String,
     /// Client group.
     pub clients: String,
@@ -240,6 +241,29 @@ pub struct TrafficSpec {
     /// Hops of random paths.
     #[serde(default = "default_hops")]
     pub hops: usize,
+    /// Web: objects per page after the first (the page itself, fetched
+    /// alone before the others).
+    #[serde(default = "default_objects")]
+    pub objects: usize,
+    /// Web: bytes of the first object (the HTML).
+    #[serde(default = "default_page_size")]
+    pub page_size: u64,
+    /// Web: (bytes, weight) of the other objects.
+    #[serde(default = "default_object_sizes")]
+    pub object_sizes: Vec<(u64, u32)>,
+    /// Web: objects fetched at once (streams on the circuit), like a
+    /// browser's connections per host.
+    #[serde(default = "default_streams")]
+    pub streams: usize,
+    /// Echo: messages per session.
+    #[serde(default = "default_messages")]
+    pub messages: usize,
+    /// Echo: bytes per message (at least 8: a sequence number).
+    #[serde(default = "default_message_bytes")]
+    pub message_bytes: usize,
+    /// Echo: time between messages, ms.
+    #[serde(default = "default_interval")]
+    pub interval_ms: f64,
 }
 
 fn default_pause() -> f64 {
@@ -256,6 +280,31 @@ fn default_bulk_timeout() -> f64 {
 }
 fn default_hops() -> usize {
     3
+}
+// Web defaults: a small page in the spirit of the HTTP Archive's medians
+// scaled down (a 30 KiB document, then 10 objects of 2-64 KiB, 6 at a
+// time as browsers open per host).
+fn default_objects() -> usize {
+    10
+}
+fn default_page_size() -> u64 {
+    30 * 1024
+}
+fn default_object_sizes() -> Vec<(u64, u32)> {
+    vec![(2 * 1024, 4), (8 * 1024, 3), (24 * 1024, 2), (64 * 1024, 1)]
+}
+fn default_streams() -> usize {
+    6
+}
+// Echo defaults: an interactive session (ssh-like keystrokes).
+fn default_messages() -> usize {
+    50
+}
+fn default_message_bytes() -> usize {
+    64
+}
+fn default_interval() -> f64 {
+    100.0
 }
 
 /// Hosts crash and restart.
@@ -375,8 +424,21 @@ impl Scenario {
             }
         }
         for t in &self.traffic {
-            if t.kind != "perf" && t.kind != "bulk" {
-                return bad(format!("traffic kind must be perf or bulk, not {}", t.kind));
+            if !matches!(t.kind.as_str(), "perf" | "bulk" | "web" | "echo") {
+                return bad(format!(
+                    "traffic kind must be perf, bulk, web or echo, not {}",
+                    t.kind
+                ));
+            }
+            if t.kind == "web" && (t.object_sizes.is_empty() || t.streams == 0 || t.objects > 250) {
+                return bad("web traffic needs object_sizes, streams >= 1, objects <= 250".into());
+            }
+            if t.kind == "echo"
+                && (t.message_bytes < 8 || t.messages == 0 || t.message_bytes > 65_536)
+            {
+                return bad(
+                    "echo traffic needs messages >= 1 and 8 <= message_bytes <= 65536".into(),
+                );
             }
             if !self.groups.iter().any(|g| g.name == t.clients) {
                 return bad(format!("traffic: no group {}", t.clients));

@@ -483,7 +483,9 @@ impl Sim {
                     .on_timer(now, timer, &mut self.hosts, &mut sched);
                 self.sched = sched;
                 let host = match timer {
-                    AppTimer::Start { .. } | AppTimer::Timeout { .. } => None,
+                    AppTimer::Start { .. } | AppTimer::Timeout { .. } | AppTimer::Echo { .. } => {
+                        None
+                    }
                     AppTimer::Accept { host, .. } => Some(host),
                 };
                 // The timer may have touched any client; process the one
@@ -521,7 +523,7 @@ impl Sim {
     fn timer_host(&self, timer: AppTimer) -> Option<usize> {
         match timer {
             AppTimer::Start { .. } => self.traffic.transfers.last().map(|t| t.client),
-            AppTimer::Timeout { transfer } => {
+            AppTimer::Timeout { transfer } | AppTimer::Echo { transfer } => {
                 self.traffic.transfers.get(transfer).map(|t| t.client)
             }
             AppTimer::Accept { host, .. } => Some(host),
