@@ -54,8 +54,11 @@ pub struct LinkCounters {
     pub retransmitted_cells: u64,
     /// Datagrams lost to random or bursty loss.
     pub lost_random: u64,
-    /// Datagrams dropped by full queues.
+    /// Datagrams dropped by full queues (and by CoDel).
     pub lost_queue: u64,
+    /// Of those, dropped by CoDel (absent when no queue runs it).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub lost_aqm: u64,
     /// Datagrams above the MTU.
     pub too_big: u64,
     /// Duplicates made.
@@ -194,6 +197,10 @@ pub struct Results {
     pub echo: Option<EchoStats>,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 fn secs(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
@@ -299,6 +306,12 @@ impl Results {
                 .chain(net.down.iter())
                 .map(|b| b.dropped)
                 .sum(),
+            lost_aqm: net
+                .up
+                .iter()
+                .chain(net.down.iter())
+                .map(|b| b.aqm_dropped)
+                .sum(),
             too_big: 0,
             duplicated: 0,
             reordered: 0,
@@ -308,6 +321,7 @@ impl Results {
         for p in paths {
             links.lost_random += p.lost;
             links.lost_queue += p.bottleneck.dropped;
+            links.lost_aqm += p.bottleneck.aqm_dropped;
             links.too_big += p.too_big;
             links.duplicated += p.duplicated;
             links.reordered += p.reordered;

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use relay_link_udt::cc::CongestionKind;
 
 use crate::error::SimError;
-use crate::link::GilbertElliott;
+use crate::link::{Aqm, GilbertElliott};
 
 /// A whole scenario.
 #[derive(Clone, Debug, Deserialize)]
@@ -98,6 +98,9 @@ pub struct HostParams {
     /// Exits: delay before the attached server answers a request, ms.
     #[serde(default)]
     pub server_delay_ms: f64,
+    /// Queue management of the access bottlenecks: "droptail" or "codel".
+    #[serde(default)]
+    pub aqm: Aqm,
 }
 
 fn default_mbit() -> f64 {
@@ -118,6 +121,7 @@ impl Default for HostParams {
             latency_ms: default_latency(),
             queue_kib: default_queue(),
             server_delay_ms: 0.0,
+            aqm: Aqm::Droptail,
         }
     }
 }
@@ -171,6 +175,8 @@ pub struct Group {
     pub queue_kib: Option<f64>,
     /// Exits: server answer delay, ms.
     pub server_delay_ms: Option<f64>,
+    /// Access queue management.
+    pub aqm: Option<Aqm>,
 }
 
 fn one() -> usize {
@@ -194,6 +200,9 @@ pub struct LinkOverride {
     pub bandwidth_mbit: Option<f64>,
     /// Its queue, KiB.
     pub queue_kib: Option<f64>,
+    /// Its queue management (default drop-tail).
+    #[serde(default)]
+    pub aqm: Aqm,
     /// Impairments (replace the defaults).
     #[serde(flatten)]
     pub path: PathParams,

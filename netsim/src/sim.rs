@@ -159,6 +159,7 @@ fn path_model(p: &PathParams, latency: u64) -> PathModel {
         mtu: if p.mtu == 0 { 1500 } else { p.mtu },
         rate: 0,
         queue: 1 << 20,
+        aqm: crate::link::Aqm::Droptail,
     }
 }
 
@@ -183,6 +184,7 @@ impl Sim {
                 latency_ms: g.latency_ms.unwrap_or(d.latency_ms),
                 queue_kib: g.queue_kib.unwrap_or(d.queue_kib),
                 server_delay_ms: g.server_delay_ms.unwrap_or(d.server_delay_ms),
+                aqm: g.aqm.unwrap_or(d.aqm),
             };
             for name in Scenario::host_names(g) {
                 let i = infos.len();
@@ -228,11 +230,11 @@ impl Sim {
         let q = |p: &HostParams| (p.queue_kib * 1024.0) as usize;
         let up = params
             .iter()
-            .map(|p| Bottleneck::new(mbit(p.up_mbit), q(p)))
+            .map(|p| Bottleneck::new(mbit(p.up_mbit), q(p)).with_aqm(p.aqm))
             .collect();
         let down = params
             .iter()
-            .map(|p| Bottleneck::new(mbit(p.down_mbit), q(p)))
+            .map(|p| Bottleneck::new(mbit(p.down_mbit), q(p)).with_aqm(p.aqm))
             .collect();
         let lat: Vec<u64> = params.iter().map(|p| ms(p.latency_ms)).collect();
         let default_path = path_model(&scenario.path_defaults, 0);
@@ -249,6 +251,7 @@ impl Sim {
                 let mut m = path_model(&l.path, latency);
                 m.rate = l.bandwidth_mbit.map_or(0, mbit);
                 m.queue = l.queue_kib.map_or(1 << 20, |k| (k * 1024.0) as usize);
+                m.aqm = l.aqm;
                 net.overrides.insert((x, y), m);
             }
         }
