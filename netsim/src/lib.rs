@@ -27,6 +27,7 @@ pub mod payload;
 pub mod pcap;
 pub mod plot;
 pub mod probe;
+pub mod progress;
 pub mod queue;
 pub mod quic;
 pub mod results;
