@@ -147,6 +147,8 @@ struct Conn {
     isn: Option<u32>,
     /// Highest sequence number sent (end of segment), to spot resends.
     snd_max: Option<u32>,
+    /// Stream offset just past the highest byte sent (`snd_max`).
+    sent_end: u64,
     retransmitted: u64,
 }
 
@@ -304,6 +306,7 @@ impl SmolTcpCore {
                 ready: VecDeque::new(),
                 isn: None,
                 snd_max: None,
+                sent_end: 0,
                 retransmitted: 0,
             },
         );
@@ -546,6 +549,28 @@ impl SmolTcpCore {
     }
 }
 
+impl Conn {
+    /// The stream offset of sequence number `seq`: sequence numbers count
+    /// from the SYN (isn + 1), and the offset is near what we wrote, so
+    /// the high bits come from `written`.
+    fn offset_of(&self, seq: u32) -> Option<u64> {
+        let rel = u64::from(seq.wrapping_sub(self.isn?).wrapping_sub(1));
+        let mut off = (self.written & !0xffff_ffff) | rel;
+        if off > self.written {
+            off = off.saturating_sub(1 << 32);
+        }
+        Some(off)
+    }
+
+    /// Cells written into the socket but not yet sent once: with the
+    /// backlog, what the host's send credit counts (as TCP_NOTSENT_LOWAT
+    /// would; without it the 2 MiB socket buffer fills and a new circuit's
+    /// first cell waits behind all of it).
+    fn unsent_cells(&self) -> usize {
+        self.backlog.len() + (self.written.saturating_sub(self.sent_end) as usize) / CELL_LEN
+    }
+}
+
 /// Writes a handshake message (`u16 length || message`).
 fn write_msg(s: &mut tcp::Socket, c: &mut Conn, msg: &[u8]) -> bool {
     let Ok(len) = u16::try_from(msg.len()) else {
@@ -701,7 +726,12 @@ impl LinkCore for SmolTcpCore {
                         Some(m) if (end.wrapping_sub(m) as i32) <= 0 => {
                             c.retransmitted += seg.payload.div_ceil(CELL_LEN) as u64;
                         }
-                        _ => c.snd_max = Some(end),
+                        _ => {
+                            c.snd_max = Some(end);
+                            if let Some(off) = c.offset_of(end) {
+                                c.sent_end = c.sent_end.max(off);
+                            }
+                        }
                     }
                 }
             }
@@ -726,7 +756,7 @@ impl LinkCore for SmolTcpCore {
 
     fn queued_cells(&mut self, addr: &SocketAddr) -> Option<usize> {
         let id = self.by_addr.get(addr)?;
-        self.conns.get(id).map(|c| c.backlog.len())
+        self.conns.get(id).map(Conn::unsent_cells)
     }
 
     fn queue_cell(&mut self, addr: &SocketAddr, cell: Cell) -> Result<(), Cell> {
@@ -762,18 +792,9 @@ impl LinkCore for SmolTcpCore {
         let Some(c) = self.conn_of(&seg) else {
             return;
         };
-        let Some(isn) = c.isn else {
+        let Some(start) = c.offset_of(seg.seq) else {
             return;
         };
-        // Stream offset of the payload: sequence numbers count from the
-        // SYN (isn + 1); the offset is near what we wrote, so rebuild the
-        // high bits from `written`.
-        let rel = u64::from(seg.seq.wrapping_sub(isn).wrapping_sub(1));
-        let base = c.written & !0xffff_ffff;
-        let mut start = base | rel;
-        if start > c.written {
-            start = start.saturating_sub(1 << 32);
-        }
         let end = start + seg.payload as u64;
         for (off, circ) in &c.cells {
             if *off + CELL_LEN as u64 > start && *off < end && !out.contains(circ) {
