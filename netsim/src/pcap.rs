@@ -131,4 +131,18 @@ mod tests {
         );
         assert_eq!(&b[60..62], &9000u16.to_be_bytes());
     }
+
+    #[test]
+    fn whole_ip_packets_are_written_as_they_are() {
+        let mut c = Capture::new("t.pcap".into());
+        let packet = [
+            0x45u8, 0, 0, 24, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
+        ];
+        c.record_ip(2_000_000_003, &packet);
+        let b = c.bytes();
+        assert_eq!(b.len(), 24 + 16 + packet.len());
+        assert_eq!(u32::from_le_bytes([b[32], b[33], b[34], b[35]]), 24);
+        assert_eq!(&b[40..], &packet);
+        assert_eq!(c.packets, 1);
+    }
 }
