@@ -323,9 +323,12 @@ impl SmolTcpCore {
         let (remote, local) = (s.remote_endpoint(), s.local_endpoint());
         let old = self.listener;
         let mut l = new_socket();
-        if l.listen(LISTEN_PORT).is_ok() {
-            self.listener = self.sockets.add(l);
+        // Only a working listener may replace it (the handle must stay
+        // valid); listening on a fresh socket does not fail in practice.
+        if l.listen(LISTEN_PORT).is_err() {
+            return;
         }
+        self.listener = self.sockets.add(l);
         match remote.and_then(v4) {
             Some(r) => {
                 let addr = SocketAddr::V4(SocketAddrV4::new(*r.ip(), LISTEN_PORT));
@@ -436,7 +439,7 @@ impl SmolTcpCore {
                     }
                 }
                 // Forget cells the peer acknowledged.
-                let acked = c.written - s.send_queue() as u64;
+                let acked = c.written.saturating_sub(s.send_queue() as u64);
                 while c
                     .cells
                     .front()

@@ -560,8 +560,10 @@ impl LinkCore for QuicCore {
                     }
                     Err(e) => {
                         if let Some(t) = e.response {
-                            self.outbox
-                                .push_back((t.destination, buf[..t.size].to_vec()));
+                            self.outbox.push_back((
+                                t.destination,
+                                buf.get(..t.size).unwrap_or(&[]).to_vec(),
+                            ));
                         }
                         None
                     }
@@ -569,7 +571,7 @@ impl LinkCore for QuicCore {
             }
             Some(DatagramEvent::Response(t)) => {
                 self.outbox
-                    .push_back((t.destination, buf[..t.size].to_vec()));
+                    .push_back((t.destination, buf.get(..t.size).unwrap_or(&[]).to_vec()));
                 None
             }
             None => None,
