@@ -1,5 +1,6 @@
-//! A TCP model for the comparison link kind: what matters for the
-//! head-of-line comparison, without a full TCP implementation.
+//! The `tcp-model` link kind: a TCP model written for netsim, what matters
+//! for the head-of-line comparison without a full TCP stack (the `tcp`
+//! kind, in `tcp.rs`, runs smoltcp's real one).
 //!
 //! This is a model, not a real TCP stack: one byte stream per host pair
 //! carrying 514-byte cells back to back, MSS-sized segments, cumulative

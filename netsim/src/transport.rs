@@ -1,6 +1,6 @@
 //! The link protocol a simulated host runs, behind one small trait so the
-//! host code does not care whether it drives the real udt core or the TCP
-//! comparison model.
+//! host code does not care which link kind it drives (udt here, quic in
+//! `quic/`, smoltcp TCP in `tcp.rs`, the TCP model in `tcp_model.rs`).
 //!
 //! [`UdtCore`] adapts the real `relay-link-udt` sans-IO [`Endpoint`]
 //! (Noise handshake, AEAD per datagram, selective ACKs, per-circuit
