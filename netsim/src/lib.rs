@@ -1,5 +1,6 @@
 //! relay-netsim: a deterministic discrete-event network simulator that runs
-//! the real relay kernel and the real udt link core in virtual time.
+//! the real relay kernel in virtual time over real link protocol cores
+//! (udt, quinn-proto's QUIC, smoltcp's TCP) or a TCP model.
 //!
 //! Why it exists: performance claims (long fat paths, head-of-line
 //! blocking, whole-network behaviour) need a measurement that is
@@ -10,13 +11,16 @@
 //! ChaCha stream derived from the seed.
 //!
 //! Modules, one job each: [`queue`] (the event heap), [`rng`] (seed
-//! derivation), [`link`] (bottlenecks and path impairments), [`network`]
-//! (all links of a run), [`transport`] (the link-core trait and the udt
-//! adapter), [`tcp`] (the TCP comparison model), [`host`] (kernel node +
-//! link core at a virtual address), [`traffic`] (clients and the exit
-//! server model), [`payload`] (checkable transfer bytes), [`probe`]
-//! (cell-delay probes), [`pcap`] (captures), [`plot`] (SVG charts), [`scenario`] (TOML schema), [`sim`] (world and
-//! event loop), [`stats`] and [`results`] (figures), [`output`] (files).
+//! derivation), [`link`] (bottlenecks, CoDel and path impairments),
+//! [`network`] (all links of a run), [`transport`] (the link-core trait
+//! and the udt adapter), [`quic`] (quinn-proto links), [`tcp`] (smoltcp
+//! links), [`tcp_model`] (the NewReno TCP model), [`host`] (kernel node +
+//! link core at a virtual address), [`traffic`] (clients, web and echo
+//! sessions, the exit servers), [`payload`] (checkable transfer bytes),
+//! [`probe`] (cell-delay probes), [`pcap`] (captures), [`plot`] (SVG
+//! charts), [`progress`] (the terminal progress bar), [`scenario`] (TOML
+//! schema), [`sim`] (world and event loop), [`stats`] and [`results`]
+//! (figures), [`output`] (files).
 
 pub mod error;
 pub mod host;
@@ -27,13 +31,16 @@ pub mod payload;
 pub mod pcap;
 pub mod plot;
 pub mod probe;
+pub mod progress;
 pub mod queue;
+pub mod quic;
 pub mod results;
 pub mod rng;
 pub mod scenario;
 pub mod sim;
 pub mod stats;
 pub mod tcp;
+pub mod tcp_model;
 pub mod traffic;
 pub mod transport;
 

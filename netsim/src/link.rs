@@ -19,7 +19,99 @@ use serde::Deserialize;
 
 use crate::stats::Histogram;
 
-/// A FIFO serialization stage with a bounded drop-tail queue.
+/// How a bottleneck's queue drops: at the tail when full, or CoDel.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Aqm {
+    /// Drop only what does not fit.
+    #[default]
+    Droptail,
+    /// CoDel (RFC 8289) in front of the drop-tail limit.
+    Codel,
+}
+
+/// RFC 8289's defaults: the acceptable standing queue delay and the
+/// window over which it must persist before CoDel drops.
+const CODEL_TARGET: u64 = 5_000_000;
+const CODEL_INTERVAL: u64 = 100_000_000;
+/// A queue of at most one full-size datagram is never "standing".
+const CODEL_MAX_PACKET: usize = 1500;
+
+/// CoDel's state (RFC 8289 section 5), run at each datagram's dequeue.
+///
+/// The bottleneck is FIFO with a known rate, so a datagram's dequeue time
+/// (when its serialization starts) and its sojourn time are known the
+/// moment it arrives, and datagrams dequeue in arrival order. The state
+/// machine can therefore run at admission, on (dequeue time, sojourn) in
+/// dequeue order, exactly as it would run at dequeue; a dropped datagram
+/// takes no serialization time, so the next one dequeues at the same
+/// instant (the RFC's drop loop). The one approximation: "at most one
+/// packet queued" looks at the bytes ahead of the datagram when it
+/// arrived, not those behind it when it leaves.
+#[derive(Debug, Default)]
+struct CoDel {
+    first_above: Option<Time>,
+    drop_next: Time,
+    count: u32,
+    lastcount: u32,
+    dropping: bool,
+}
+
+impl CoDel {
+    fn control_law(t: Time, count: u32) -> Time {
+        t.plus_nanos((CODEL_INTERVAL as f64 / f64::from(count.max(1)).sqrt()) as u64)
+    }
+
+    /// Whether the sojourn has stayed above target for an interval.
+    fn ok_to_drop(&mut self, now: Time, sojourn: u64, ahead: usize) -> bool {
+        if sojourn < CODEL_TARGET || ahead <= CODEL_MAX_PACKET {
+            self.first_above = None;
+            return false;
+        }
+        match self.first_above {
+            None => {
+                self.first_above = Some(now.plus_nanos(CODEL_INTERVAL));
+                false
+            }
+            Some(t) => now >= t,
+        }
+    }
+
+    /// Whether the datagram dequeued at `now` after waiting `sojourn` is
+    /// dropped.
+    fn drop(&mut self, now: Time, sojourn: u64, ahead: usize) -> bool {
+        let ok = self.ok_to_drop(now, sojourn, ahead);
+        if self.dropping {
+            if !ok {
+                self.dropping = false;
+                return false;
+            }
+            if now >= self.drop_next {
+                self.count += 1;
+                self.drop_next = Self::control_law(self.drop_next, self.count);
+                return true;
+            }
+            return false;
+        }
+        if !ok {
+            return false;
+        }
+        self.dropping = true;
+        // Resume near the last drop rate if we were dropping recently.
+        let delta = self.count.saturating_sub(self.lastcount);
+        self.count = if delta > 1 && now.since(self.drop_next) < 16 * CODEL_INTERVAL {
+            delta
+        } else {
+            1
+        };
+        self.drop_next = Self::control_law(now, self.count);
+        self.lastcount = self.count;
+        true
+    }
+}
+
+/// A FIFO serialization stage with a bounded drop-tail queue, optionally
+/// managed by CoDel.
 #[derive(Debug)]
 pub struct Bottleneck {
     /// Bytes per second; 0 means unlimited (no serialization delay).
@@ -33,8 +125,11 @@ pub struct Bottleneck {
     pub bytes: u64,
     /// Datagrams that left.
     pub packets: u64,
-    /// Datagrams dropped because the queue was full.
+    /// Datagrams dropped because the queue was full, or by CoDel.
     pub dropped: u64,
+    /// Of those, dropped by CoDel.
+    pub aqm_dropped: u64,
+    codel: Option<CoDel>,
     /// Time spent waiting before serialization starts, per datagram.
     pub queue_delay: Histogram,
     /// First and last departure (for throughput).
@@ -55,10 +150,18 @@ impl Bottleneck {
             bytes: 0,
             packets: 0,
             dropped: 0,
+            aqm_dropped: 0,
+            codel: None,
             queue_delay: Histogram::default(),
             first_start: None,
             last_end: Time(0),
         }
+    }
+
+    /// The same stage with `aqm` managing its queue.
+    pub fn with_aqm(mut self, aqm: Aqm) -> Bottleneck {
+        self.codel = (aqm == Aqm::Codel).then(CoDel::default);
+        self
     }
 
     /// Whether the stage delays anything.
@@ -85,6 +188,17 @@ impl Bottleneck {
             return None;
         }
         let start = self.busy_until.max(now);
+        if let Some(c) = &mut self.codel {
+            if c.drop(start, start.since(now), self.backlog_bytes) {
+                // It holds its place in the buffer until it would have
+                // left, then goes without being sent.
+                self.backlog.push_back((start, len));
+                self.backlog_bytes += len;
+                self.dropped += 1;
+                self.aqm_dropped += 1;
+                return None;
+            }
+        }
         self.queue_delay.record(start.since(now));
         let ser = (len as u128 * 1_000_000_000 / u128::from(self.rate)) as u64;
         self.busy_until = start.plus_nanos(ser.max(1));
@@ -159,6 +273,8 @@ pub struct PathModel {
     pub rate: u64,
     /// Queue of the pair bottleneck (bytes).
     pub queue: usize,
+    /// Its queue management.
+    pub aqm: Aqm,
 }
 
 impl Default for PathModel {
@@ -174,6 +290,7 @@ impl Default for PathModel {
             mtu: 1500,
             rate: 0,
             queue: 1 << 20,
+            aqm: Aqm::Droptail,
         }
     }
 }
@@ -216,7 +333,7 @@ impl Path {
     /// A path with its own RNG stream.
     pub fn new(model: PathModel, rng: ChaCha8Rng) -> Path {
         Path {
-            bottleneck: Bottleneck::new(model.rate, model.queue),
+            bottleneck: Bottleneck::new(model.rate, model.queue).with_aqm(model.aqm),
             model,
             rng,
             bad: false,
@@ -286,6 +403,45 @@ impl Path {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn codel_drops_after_an_interval_above_target_then_faster() {
+        let ms = |x: u64| Time(x * 1_000_000);
+        let mut c = CoDel::default();
+        // Below the 5 ms target: never.
+        assert!((0..200).all(|i| !c.drop(ms(i), 4_000_000, 10_000)));
+        // Above it from 200 ms on: the first drop once that has lasted an
+        // interval (100 ms), then at interval / sqrt(count) after the last
+        // scheduled drop: +100, +70.7, +57.7, +50 ms.
+        let drops: Vec<u64> = (200..700)
+            .filter(|&i| c.drop(ms(i), 20_000_000, 10_000))
+            .collect();
+        assert_eq!(drops[..5], [300, 400, 471, 529, 579]);
+        // A datagram below target ends the dropping state ...
+        assert!(!c.drop(ms(700), 1_000_000, 10_000));
+        // ... and so does a queue of at most one datagram ahead.
+        let mut d = CoDel::default();
+        assert!((0..300).all(|i| !d.drop(ms(i), 20_000_000, 1500)));
+    }
+
+    #[test]
+    fn codel_bottleneck_drops_instead_of_queueing() {
+        // 1 MB/s, 1000-byte datagrams every 0.5 ms (twice the rate) for 1 s:
+        // drop-tail lets the delay climb to the limit; CoDel starts dropping
+        // a little past its interval, and a dropped datagram costs no
+        // serialization time.
+        let mut tail = Bottleneck::new(1_000_000, 1 << 20);
+        let mut codel = Bottleneck::new(1_000_000, 1 << 20).with_aqm(Aqm::Codel);
+        for i in 0..2000u64 {
+            let now = Time(i * 500_000);
+            tail.admit(now, 1000);
+            codel.admit(now, 1000);
+        }
+        assert_eq!(tail.dropped, 0);
+        assert!(codel.aqm_dropped > 0 && codel.dropped == codel.aqm_dropped);
+        assert!(codel.queue_delay.max() < tail.queue_delay.max());
+        assert_eq!(codel.packets + codel.dropped, 2000);
+    }
     use super::*;
     use rand::SeedableRng;
 

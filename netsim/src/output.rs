@@ -13,7 +13,7 @@ use crate::error::SimError;
 use crate::results::{transfers_csv, Results};
 use crate::scenario::Scenario;
 use crate::sim::Sim;
-use crate::traffic::size_label;
+use crate::traffic::Kind;
 
 /// How fast a run was.
 #[derive(Serialize)]
@@ -100,7 +100,14 @@ fn write(path: PathBuf, text: &str) -> Result<(), SimError> {
 fn tornettools(run: &Run, dir: &Path) -> Result<(), SimError> {
     let mut ttfb: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut ttlb: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for t in run.sim.traffic.transfers.iter().filter(|t| t.ok()) {
+    // Downloads only: tornettools keys by file size.
+    let downloads = run
+        .sim
+        .traffic
+        .transfers
+        .iter()
+        .filter(|t| matches!(t.kind, Kind::Download));
+    for t in downloads.filter(|t| t.ok()) {
         if let (Some(o), Some(f), Some(l)) = (t.opened, t.first_byte, t.last_byte) {
             ttfb.entry(t.size.to_string())
                 .or_default()
@@ -122,7 +129,6 @@ fn tornettools(run: &Run, dir: &Path) -> Result<(), SimError> {
         dir.join("error_rate.exit.json"),
         &serde_json::to_string(&run.results.errors)?,
     )?;
-    let _ = size_label;
     Ok(())
 }
 

@@ -89,6 +89,20 @@ impl Capture {
         self.packets += 1;
     }
 
+    /// Records a whole IPv4 packet (the `tcp` link kind's datagrams).
+    pub fn record_ip(&mut self, ns: u64, packet: &[u8]) {
+        let secs = (ns / 1_000_000_000) as u32;
+        let nanos = (ns % 1_000_000_000) as u32;
+        self.bytes.extend_from_slice(&secs.to_le_bytes());
+        self.bytes.extend_from_slice(&nanos.to_le_bytes());
+        self.bytes
+            .extend_from_slice(&(packet.len() as u32).to_le_bytes());
+        self.bytes
+            .extend_from_slice(&(packet.len() as u32).to_le_bytes());
+        self.bytes.extend_from_slice(packet);
+        self.packets += 1;
+    }
+
     /// The file contents.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
@@ -116,5 +130,19 @@ mod tests {
             500_000_001
         );
         assert_eq!(&b[60..62], &9000u16.to_be_bytes());
+    }
+
+    #[test]
+    fn whole_ip_packets_are_written_as_they_are() {
+        let mut c = Capture::new("t.pcap".into());
+        let packet = [
+            0x45u8, 0, 0, 24, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
+        ];
+        c.record_ip(2_000_000_003, &packet);
+        let b = c.bytes();
+        assert_eq!(b.len(), 24 + 16 + packet.len());
+        assert_eq!(u32::from_le_bytes([b[32], b[33], b[34], b[35]]), 24);
+        assert_eq!(&b[40..], &packet);
+        assert_eq!(c.packets, 1);
     }
 }

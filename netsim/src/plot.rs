@@ -1,25 +1,30 @@
 //! Plots of a finished run as small self-contained SVG files: TTLB CDF per
 //! size, client goodput over time, circuit build time CDF.
 //!
-//! The SVG is written directly rather than through plotters: plotters'
-//! text layout needs a font backend (font-kit and system fonts, or a
-//! bundled font file), which is more than four line charts need. The
-//! output is deterministic for a given run directory.
+//! Drawn with plotters' SVG backend and no font features: the backend
+//! writes text as SVG `<text>` elements for the viewer to render, and
+//! plotters only estimates text extents for layout (its built-in naive
+//! metrics), so no font files or system fonts are needed. PNG (the
+//! bitmap backend) would need a rasterizing font backend (font-kit and
+//! system fonts, or a bundled font), so only SVG is written. The output
+//! is deterministic for a given run directory.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::error::SimError;
 
-const W: f64 = 720.0;
-const H: f64 = 440.0;
-const LEFT: f64 = 70.0;
-const RIGHT: f64 = 160.0;
-const TOP: f64 = 40.0;
-const BOTTOM: f64 = 55.0;
-const COLORS: [&str; 6] = [
-    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+use plotters::prelude::*;
+
+const W: u32 = 720;
+const H: u32 = 440;
+const COLORS: [RGBColor; 6] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
 ];
 
 /// One line of a chart.
@@ -43,20 +48,14 @@ fn nice_max(v: f64) -> f64 {
     10.0 * p
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-/// A line chart as SVG text.
+/// A line chart as SVG text (plotters' SVG backend).
 pub fn line_chart(
     title: &str,
     x_label: &str,
     y_label: &str,
     series: &[Series],
     y_max: Option<f64>,
-) -> String {
+) -> Result<String, SimError> {
     let xmax = nice_max(
         series
             .iter()
@@ -71,106 +70,55 @@ pub fn line_chart(
                 .fold(0.0, f64::max),
         )
     });
-    let pw = W - LEFT - RIGHT;
-    let ph = H - TOP - BOTTOM;
-    let sx = |x: f64| LEFT + x / xmax * pw;
-    let sy = |y: f64| TOP + ph - y / ymax * ph;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="22" font-size="16" text-anchor="middle">{}</text>"#,
-        LEFT + pw / 2.0,
-        esc(title)
-    );
-    for i in 0..=5 {
-        let f = f64::from(i) / 5.0;
-        let (x, y) = (sx(f * xmax), sy(f * ymax));
-        let _ = writeln!(
-            s,
-            r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/>"##,
-            TOP + ph
-        );
-        let _ = writeln!(
-            s,
-            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/>"##,
-            LEFT + pw
-        );
-        let _ = writeln!(
-            s,
-            r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-            TOP + ph + 16.0,
-            fmt_tick(f * xmax)
-        );
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
-            LEFT - 6.0,
-            y + 4.0,
-            fmt_tick(f * ymax)
-        );
-    }
-    let _ = writeln!(
-        s,
-        r#"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="black"/>"#
-    );
-    let _ = writeln!(
-        s,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-        LEFT + pw / 2.0,
-        H - 15.0,
-        esc(x_label)
-    );
-    let _ = writeln!(
-        s,
-        r#"<text x="18" y="{:.1}" text-anchor="middle" transform="rotate(-90 18 {:.1})">{}</text>"#,
-        TOP + ph / 2.0,
-        TOP + ph / 2.0,
-        esc(y_label)
-    );
-    for (i, se) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let pts: Vec<String> = se
-            .points
-            .iter()
-            .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(y.min(ymax))))
-            .collect();
-        let _ = writeln!(
-            s,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
-            pts.join(" ")
-        );
-        let ly = TOP + 10.0 + 18.0 * i as f64;
-        let lx = LEFT + pw + 12.0;
-        let _ = writeln!(
-            s,
-            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/>"#,
-            lx + 20.0
-        );
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="{}">{}</text>"#,
-            lx + 26.0,
-            ly + 4.0,
-            esc(&se.label)
-        );
-    }
-    s.push_str("</svg>\n");
-    s
+    let mut svg = String::new();
+    draw(&mut svg, title, x_label, y_label, series, xmax, ymax)
+        .map_err(|e| SimError::Invalid(format!("plot {title}: {e}")))?;
+    Ok(svg)
 }
 
-fn fmt_tick(v: f64) -> String {
-    if v == 0.0 || v.abs() >= 100.0 {
-        format!("{v:.0}")
-    } else if v.abs() >= 1.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
+type DrawResult = Result<(), Box<dyn std::error::Error>>;
+
+fn draw(
+    svg: &mut String,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    xmax: f64,
+    ymax: f64,
+) -> DrawResult {
+    let root = SVGBackend::with_string(svg, (W, H)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..xmax, 0.0..ymax)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .light_line_style(WHITE.mix(0.0))
+        .draw()?;
+    for (i, se) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(
+                se.points.iter().copied(),
+                color.stroke_width(2),
+            ))?
+            .label(se.label.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
     }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
 }
 
 /// Empirical CDF points of `values`.
@@ -200,7 +148,9 @@ fn write(path: PathBuf, text: &str, out: &mut Vec<PathBuf>) -> Result<(), SimErr
 pub fn plot_dir(dir: &Path) -> Result<Vec<PathBuf>, SimError> {
     let csv = read(&dir.join("transfers.csv"))?;
     let results: serde_json::Value = serde_json::from_str(&read(&dir.join("results.json"))?)?;
-    let mut ttlb: BTreeMap<(u64, String), Vec<f64>> = BTreeMap::new();
+    // TTLB per label (downloads by size, pages together; echo sessions
+    // have no meaningful TTLB), ordered by size.
+    let mut ttlb: BTreeMap<String, (u64, Vec<f64>)> = BTreeMap::new();
     let mut builds = Vec::new();
     for line in csv.lines().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
@@ -210,16 +160,20 @@ pub fn plot_dir(dir: &Path) -> Result<Vec<PathBuf>, SimError> {
         if let Ok(b) = f[8].parse::<f64>() {
             builds.push(b);
         }
-        if f[1] == "NONE" {
+        if f[1] == "NONE" && f[3] != "echo" {
             if let (Ok(size), Ok(t)) = (f[2].parse::<u64>(), f[7].parse::<f64>()) {
-                ttlb.entry((size, f[3].to_string())).or_default().push(t);
+                let e = ttlb.entry(f[3].to_string()).or_insert((size, Vec::new()));
+                e.0 = e.0.min(size);
+                e.1.push(t);
             }
         }
     }
     let mut out = Vec::new();
-    let series: Vec<Series> = ttlb
+    let mut by_size: Vec<(&String, &(u64, Vec<f64>))> = ttlb.iter().collect();
+    by_size.sort_by_key(|(label, (size, _))| (*size, (*label).clone()));
+    let series: Vec<Series> = by_size
         .iter()
-        .map(|((_, label), v)| Series {
+        .map(|(label, (_, v))| Series {
             label: format!("{label} (n={})", v.len()),
             points: cdf(v),
         })
@@ -232,7 +186,7 @@ pub fn plot_dir(dir: &Path) -> Result<Vec<PathBuf>, SimError> {
             "fraction of transfers",
             &series,
             Some(1.0),
-        ),
+        )?,
         &mut out,
     )?;
     let bin = results["goodput_bin_s"].as_f64().unwrap_or(1.0);
@@ -256,7 +210,7 @@ pub fn plot_dir(dir: &Path) -> Result<Vec<PathBuf>, SimError> {
                 points: gp,
             }],
             None,
-        ),
+        )?,
         &mut out,
     )?;
     write(
@@ -270,7 +224,7 @@ pub fn plot_dir(dir: &Path) -> Result<Vec<PathBuf>, SimError> {
                 points: cdf(&builds),
             }],
             Some(1.0),
-        ),
+        )?,
         &mut out,
     )?;
     Ok(out)
@@ -278,6 +232,8 @@ pub fn plot_dir(dir: &Path) -> Result<Vec<PathBuf>, SimError> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
@@ -297,9 +253,20 @@ mod tests {
                 },
             ],
             Some(1.0),
+        )
+        .unwrap();
+        assert!(s.starts_with("<svg"), "{s}");
+        assert!(s.trim_end().ends_with("</svg>"));
+        // Each series is drawn in its colour, in the plot and the legend.
+        for color in ["#1F77B4", "#D62728"] {
+            let n = s.matches(&format!("stroke=\"{color}\"")).count();
+            assert!(n >= 2, "{color}: {n}\n{s}");
+        }
+        // Text is written as text: no font was needed to lay it out.
+        assert!(
+            s.contains(">\na\n</text>") || s.contains(">a</text>"),
+            "{s}"
         );
-        assert!(s.starts_with("<svg") && s.ends_with("</svg>\n"));
-        assert_eq!(s.matches("<polyline").count(), 2);
         assert!(s.contains("t&lt;1&gt;"));
         assert_eq!(cdf(&[2.0, 1.0]).last(), Some(&(2.0, 1.0)));
         assert_eq!(nice_max(7.3), 10.0);

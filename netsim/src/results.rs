@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::link::Bottleneck;
 use crate::sim::Sim;
 use crate::stats::{percentiles, DelaySummary, Histogram, Percentiles};
-use crate::traffic::{size_label, Transfer};
+use crate::traffic::{Kind, Transfer};
 
 /// Per-size figures.
 #[derive(Serialize)]
@@ -54,8 +54,11 @@ pub struct LinkCounters {
     pub retransmitted_cells: u64,
     /// Datagrams lost to random or bursty loss.
     pub lost_random: u64,
-    /// Datagrams dropped by full queues.
+    /// Datagrams dropped by full queues (and by CoDel).
     pub lost_queue: u64,
+    /// Of those, dropped by CoDel (absent when no queue runs it).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub lost_aqm: u64,
     /// Datagrams above the MTU.
     pub too_big: u64,
     /// Duplicates made.
@@ -107,6 +110,37 @@ pub struct Recovery {
     pub success_rate: f64,
 }
 
+/// Web page loads (`web` traffic).
+#[derive(Serialize)]
+pub struct WebStats {
+    /// Pages that ended.
+    pub pages: usize,
+    /// Loaded completely, every object byte-exact.
+    pub ok: usize,
+    /// Objects per page (document included).
+    pub objects_per_page: Percentiles,
+    /// Page load time (s): from the document's request on the ready
+    /// circuit to the last byte of the last object.
+    pub load_s: Percentiles,
+    /// Time to first byte of the document (s).
+    pub document_ttfb_s: Percentiles,
+    /// Per object of loaded pages, request to last byte (s).
+    pub object_ttlb_s: Percentiles,
+}
+
+/// Interactive echo sessions (`echo` traffic).
+#[derive(Serialize)]
+pub struct EchoStats {
+    /// Sessions that ended.
+    pub sessions: usize,
+    /// Every message came back byte-exact.
+    pub ok: usize,
+    /// Round trips measured (all sessions, failed ones included).
+    pub messages: usize,
+    /// Round-trip time of a message, client write to echo read (ms).
+    pub rtt_ms: Percentiles,
+}
+
 /// Everything in `results.json`.
 #[derive(Serialize)]
 pub struct Results {
@@ -155,6 +189,16 @@ pub struct Results {
     pub recovery: Option<Recovery>,
     /// Hosts crashed.
     pub crashes: usize,
+    /// Web page loads, if the scenario has web clients.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub web: Option<WebStats>,
+    /// Echo sessions, if the scenario has echo clients.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub echo: Option<EchoStats>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn secs(ns: u64) -> f64 {
@@ -192,24 +236,31 @@ impl Results {
         }
         let rate = |bad: usize, n: usize| if n == 0 { 0.0 } else { bad as f64 / n as f64 };
         let mut by_size = BTreeMap::new();
-        let mut sizes: Vec<u64> = ts.iter().map(|t| t.size).collect();
-        sizes.sort_unstable();
-        sizes.dedup();
-        for size in sizes {
-            let fin: Vec<&&Transfer> = finished.iter().filter(|t| t.size == size).collect();
+        // Downloads by size (OnionPerf's labels) and pages as `page`; echo
+        // sessions have their own section.
+        let mut labels: Vec<String> = ts
+            .iter()
+            .filter(|t| !matches!(t.kind, Kind::Echo(_)))
+            .map(Transfer::label)
+            .collect();
+        labels.sort_unstable();
+        labels.dedup();
+        for label in labels {
+            let fin: Vec<&&Transfer> = finished.iter().filter(|t| t.label() == label).collect();
             let good: Vec<&&Transfer> = fin.iter().copied().filter(|t| t.ok()).collect();
             let times = |f: &dyn Fn(&Transfer) -> Option<u64>| -> Vec<f64> {
                 good.iter().filter_map(|t| f(t).map(secs)).collect()
             };
             let ttfb = times(&|t| Some(t.first_byte?.since(t.opened?)));
             let ttlb = times(&|t| Some(t.last_byte?.since(t.opened?)));
-            let gp: Vec<f64> = ttlb
+            let gp: Vec<f64> = good
                 .iter()
-                .filter(|s| **s > 0.0)
-                .map(|s| size as f64 * 8.0 / s / 1e6)
+                .filter_map(|t| Some((t.size, t.last_byte?.since(t.opened?))))
+                .filter(|(_, d)| *d > 0)
+                .map(|(size, d)| size as f64 * 8.0 / secs(d) / 1e6)
                 .collect();
             by_size.insert(
-                size_label(size),
+                label,
                 SizeStats {
                     finished: fin.len(),
                     ok: good.len(),
@@ -255,6 +306,12 @@ impl Results {
                 .chain(net.down.iter())
                 .map(|b| b.dropped)
                 .sum(),
+            lost_aqm: net
+                .up
+                .iter()
+                .chain(net.down.iter())
+                .map(|b| b.aqm_dropped)
+                .sum(),
             too_big: 0,
             duplicated: 0,
             reordered: 0,
@@ -264,6 +321,7 @@ impl Results {
         for p in paths {
             links.lost_random += p.lost;
             links.lost_queue += p.bottleneck.dropped;
+            links.lost_aqm += p.bottleneck.aqm_dropped;
             links.too_big += p.too_big;
             links.duplicated += p.duplicated;
             links.reordered += p.reordered;
@@ -341,8 +399,73 @@ impl Results {
             probes,
             recovery,
             crashes: sim.crashes.len(),
+            web: web_stats(&finished),
+            echo: echo_stats(&finished),
         }
     }
+}
+
+fn web_stats(finished: &[&Transfer]) -> Option<WebStats> {
+    let pages: Vec<&&Transfer> = finished
+        .iter()
+        .filter(|t| matches!(t.kind, Kind::Page(_)))
+        .collect();
+    if pages.is_empty() {
+        return None;
+    }
+    let good: Vec<&&Transfer> = pages.iter().copied().filter(|t| t.ok()).collect();
+    let per = |f: &dyn Fn(&Transfer) -> Option<u64>| -> Percentiles {
+        percentiles(
+            &good
+                .iter()
+                .filter_map(|t| f(t).map(secs))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let mut objects = Vec::new();
+    let mut counts = Vec::new();
+    for t in &good {
+        if let Kind::Page(p) = &t.kind {
+            counts.push(p.objects.len() as f64);
+            objects.extend(
+                p.objects
+                    .iter()
+                    .filter_map(|o| Some(secs(o.last_byte?.since(o.opened?)))),
+            );
+        }
+    }
+    Some(WebStats {
+        pages: pages.len(),
+        ok: good.len(),
+        objects_per_page: percentiles(&counts),
+        load_s: per(&|t| Some(t.last_byte?.since(t.opened?))),
+        document_ttfb_s: per(&|t| Some(t.first_byte?.since(t.opened?))),
+        object_ttlb_s: percentiles(&objects),
+    })
+}
+
+fn echo_stats(finished: &[&Transfer]) -> Option<EchoStats> {
+    let sessions: Vec<&&Transfer> = finished
+        .iter()
+        .filter(|t| matches!(t.kind, Kind::Echo(_)))
+        .collect();
+    if sessions.is_empty() {
+        return None;
+    }
+    let rtts: Vec<f64> = sessions
+        .iter()
+        .filter_map(|t| match &t.kind {
+            Kind::Echo(e) => Some(e.rtts.iter().map(|r| *r as f64 / 1e6)),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    Some(EchoStats {
+        sessions: sessions.len(),
+        ok: sessions.iter().filter(|t| t.ok()).count(),
+        messages: rtts.len(),
+        rtt_ms: percentiles(&rtts),
+    })
 }
 
 fn opt_secs(t: Option<u64>) -> String {
@@ -370,7 +493,7 @@ pub fn transfers_csv(sim: &Sim) -> String {
             t.id,
             error,
             t.size,
-            size_label(t.size),
+            t.label(),
             server,
             secs(t.start.nanos()),
             opt_secs(ttfb),

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use relay_link_udt::cc::CongestionKind;
 
 use crate::error::SimError;
-use crate::link::GilbertElliott;
+use crate::link::{Aqm, GilbertElliott};
 
 /// A whole scenario.
 #[derive(Clone, Debug, Deserialize)]
@@ -25,7 +25,7 @@ pub struct Scenario {
     pub description: String,
     /// Simulated seconds.
     pub duration_s: f64,
-    /// Link kind: "udt" or "tcp".
+    /// Link kind: one of [`LINK_KINDS`].
     #[serde(default = "default_link")]
     pub link: String,
     /// Congestion controller of udt links: "cubic" or "bbr" (None: the udt
@@ -67,6 +67,11 @@ pub struct Scenario {
     pub report: ReportSpec,
 }
 
+/// The link kinds a scenario can ask for: `udt` (the real udt core),
+/// `quic` (real quinn-proto connections), `tcp` (smoltcp's real TCP
+/// state machine) and `tcp-model` (netsim's own NewReno model).
+pub const LINK_KINDS: &[&str] = &["udt", "quic", "tcp", "tcp-model"];
+
 fn default_link() -> String {
     "udt".into()
 }
@@ -93,6 +98,9 @@ pub struct HostParams {
     /// Exits: delay before the attached server answers a request, ms.
     #[serde(default)]
     pub server_delay_ms: f64,
+    /// Queue management of the access bottlenecks: "droptail" or "codel".
+    #[serde(default)]
+    pub aqm: Aqm,
 }
 
 fn default_mbit() -> f64 {
@@ -113,6 +121,7 @@ impl Default for HostParams {
             latency_ms: default_latency(),
             queue_kib: default_queue(),
             server_delay_ms: 0.0,
+            aqm: Aqm::Droptail,
         }
     }
 }
@@ -166,6 +175,8 @@ pub struct Group {
     pub queue_kib: Option<f64>,
     /// Exits: server answer delay, ms.
     pub server_delay_ms: Option<f64>,
+    /// Access queue management.
+    pub aqm: Option<Aqm>,
 }
 
 fn one() -> usize {
@@ -189,6 +200,9 @@ pub struct LinkOverride {
     pub bandwidth_mbit: Option<f64>,
     /// Its queue, KiB.
     pub queue_kib: Option<f64>,
+    /// Its queue management (default drop-tail).
+    #[serde(default)]
+    pub aqm: Aqm,
     /// Impairments (replace the defaults).
     #[serde(flatten)]
     pub path: PathParams,
@@ -198,7 +212,8 @@ pub struct LinkOverride {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrafficSpec {
-    /// "perf" (tornettools/OnionPerf-like) or "bulk".
+    /// "perf" (tornettools/OnionPerf-like), "bulk", "web" (pages of
+    /// small objects over one circuit) or "echo" (interactive round trips).
     pub kind: String,
     /// Client group.
     pub clients: String,
@@ -235,6 +250,29 @@ pub struct TrafficSpec {
     /// Hops of random paths.
     #[serde(default = "default_hops")]
     pub hops: usize,
+    /// Web: objects per page after the first (the page itself, fetched
+    /// alone before the others).
+    #[serde(default = "default_objects")]
+    pub objects: usize,
+    /// Web: bytes of the first object (the HTML).
+    #[serde(default = "default_page_size")]
+    pub page_size: u64,
+    /// Web: (bytes, weight) of the other objects.
+    #[serde(default = "default_object_sizes")]
+    pub object_sizes: Vec<(u64, u32)>,
+    /// Web: objects fetched at once (streams on the circuit), like a
+    /// browser's connections per host.
+    #[serde(default = "default_streams")]
+    pub streams: usize,
+    /// Echo: messages per session.
+    #[serde(default = "default_messages")]
+    pub messages: usize,
+    /// Echo: bytes per message (at least 8: a sequence number).
+    #[serde(default = "default_message_bytes")]
+    pub message_bytes: usize,
+    /// Echo: time between messages, ms.
+    #[serde(default = "default_interval")]
+    pub interval_ms: f64,
 }
 
 fn default_pause() -> f64 {
@@ -251,6 +289,31 @@ fn default_bulk_timeout() -> f64 {
 }
 fn default_hops() -> usize {
     3
+}
+// Web defaults: a small page in the spirit of the HTTP Archive's medians
+// scaled down (a 30 KiB document, then 10 objects of 2-64 KiB, 6 at a
+// time as browsers open per host).
+fn default_objects() -> usize {
+    10
+}
+fn default_page_size() -> u64 {
+    30 * 1024
+}
+fn default_object_sizes() -> Vec<(u64, u32)> {
+    vec![(2 * 1024, 4), (8 * 1024, 3), (24 * 1024, 2), (64 * 1024, 1)]
+}
+fn default_streams() -> usize {
+    6
+}
+// Echo defaults: an interactive session (ssh-like keystrokes).
+fn default_messages() -> usize {
+    50
+}
+fn default_message_bytes() -> usize {
+    64
+}
+fn default_interval() -> f64 {
+    100.0
 }
 
 /// Hosts crash and restart.
@@ -353,8 +416,12 @@ impl Scenario {
         if self.duration_s.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
             return bad("duration_s must be positive".into());
         }
-        if self.link != "udt" && self.link != "tcp" {
-            return bad(format!("link must be udt or tcp, not {}", self.link));
+        if !LINK_KINDS.contains(&self.link.as_str()) {
+            return bad(format!(
+                "link must be one of {}, not {}",
+                LINK_KINDS.join(", "),
+                self.link
+            ));
         }
         self.congestion()?;
         for g in &self.groups {
@@ -366,8 +433,21 @@ impl Scenario {
             }
         }
         for t in &self.traffic {
-            if t.kind != "perf" && t.kind != "bulk" {
-                return bad(format!("traffic kind must be perf or bulk, not {}", t.kind));
+            if !matches!(t.kind.as_str(), "perf" | "bulk" | "web" | "echo") {
+                return bad(format!(
+                    "traffic kind must be perf, bulk, web or echo, not {}",
+                    t.kind
+                ));
+            }
+            if t.kind == "web" && (t.object_sizes.is_empty() || t.streams == 0 || t.objects > 250) {
+                return bad("web traffic needs object_sizes, streams >= 1, objects <= 250".into());
+            }
+            if t.kind == "echo"
+                && (t.message_bytes < 8 || t.messages == 0 || t.message_bytes > 65_536)
+            {
+                return bad(
+                    "echo traffic needs messages >= 1 and 8 <= message_bytes <= 65536".into(),
+                );
             }
             if !self.groups.iter().any(|g| g.name == t.clients) {
                 return bad(format!("traffic: no group {}", t.clients));

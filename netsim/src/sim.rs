@@ -20,14 +20,20 @@ use crate::host::{AppEvent, BufPool, Datagram, Directory, Host};
 use crate::link::{Bottleneck, PathModel};
 use crate::network::{Network, Partition};
 use crate::probe::Probes;
+use crate::quic::QuicCore;
 use crate::rng::{crypto_stream, model_stream, Purpose};
 use crate::scenario::{HostParams, PathParams, Scenario};
-use crate::tcp::TcpCore;
+use crate::tcp::SmolTcpCore;
+use crate::tcp_model::TcpCore;
 use crate::traffic::{secs, AppTimer, HostInfo, Schedule, Traffic};
 use crate::transport::{LinkCore, UdtCore};
 
 /// The port every simulated host listens on.
 pub const PORT: u16 = 9000;
+
+/// Bytes of IPv4 + UDP header: what `ip_overhead` counts by default, and
+/// what link cores that send whole IP packets carry themselves.
+const UDP_IP_HEADER: usize = 28;
 
 /// What the event loop processes.
 enum Ev {
@@ -115,6 +121,10 @@ pub struct Sim {
     /// Datagrams that arrived at a crashed host.
     pub to_dead_host: u64,
     max_datagram: usize,
+    /// Bytes the network adds to each datagram on the wire.
+    overhead: usize,
+    /// The link cores send whole IPv4 packets (pcap writes them as they are).
+    raw_ip: bool,
     app: Vec<AppEvent>,
     out: Vec<Datagram>,
     pool: BufPool,
@@ -149,6 +159,7 @@ fn path_model(p: &PathParams, latency: u64) -> PathModel {
         mtu: if p.mtu == 0 { 1500 } else { p.mtu },
         rate: 0,
         queue: 1 << 20,
+        aqm: crate::link::Aqm::Droptail,
     }
 }
 
@@ -173,6 +184,7 @@ impl Sim {
                 latency_ms: g.latency_ms.unwrap_or(d.latency_ms),
                 queue_kib: g.queue_kib.unwrap_or(d.queue_kib),
                 server_delay_ms: g.server_delay_ms.unwrap_or(d.server_delay_ms),
+                aqm: g.aqm.unwrap_or(d.aqm),
             };
             for name in Scenario::host_names(g) {
                 let i = infos.len();
@@ -218,11 +230,11 @@ impl Sim {
         let q = |p: &HostParams| (p.queue_kib * 1024.0) as usize;
         let up = params
             .iter()
-            .map(|p| Bottleneck::new(mbit(p.up_mbit), q(p)))
+            .map(|p| Bottleneck::new(mbit(p.up_mbit), q(p)).with_aqm(p.aqm))
             .collect();
         let down = params
             .iter()
-            .map(|p| Bottleneck::new(mbit(p.down_mbit), q(p)))
+            .map(|p| Bottleneck::new(mbit(p.down_mbit), q(p)).with_aqm(p.aqm))
             .collect();
         let lat: Vec<u64> = params.iter().map(|p| ms(p.latency_ms)).collect();
         let default_path = path_model(&scenario.path_defaults, 0);
@@ -239,6 +251,7 @@ impl Sim {
                 let mut m = path_model(&l.path, latency);
                 m.rate = l.bandwidth_mbit.map_or(0, mbit);
                 m.queue = l.queue_kib.map_or(1 << 20, |k| (k * 1024.0) as usize);
+                m.aqm = l.aqm;
                 net.overrides.insert((x, y), m);
             }
         }
@@ -301,6 +314,8 @@ impl Sim {
             datagrams: 0,
             to_dead_host: 0,
             max_datagram,
+            overhead: scenario.ip_overhead,
+            raw_ip: false,
             app: Vec::new(),
             out: Vec::new(),
             pool: BufPool::default(),
@@ -317,6 +332,14 @@ impl Sim {
         for i in 0..infos.len() {
             let (node, core) = sim.make_node(i, 0)?;
             sim.hosts.push(Host::new(i, sim.addrs[i], node, core));
+        }
+        if sim
+            .hosts
+            .first()
+            .is_some_and(|h| h.core.ip_header_included())
+        {
+            sim.raw_ip = true;
+            sim.overhead = sim.scenario.ip_overhead.saturating_sub(UDP_IP_HEADER);
         }
         // Crashes: a seeded choice of hosts per spec.
         let mut crash_rng = model_stream(seed, Purpose::Scenario, 0);
@@ -365,13 +388,23 @@ impl Sim {
         };
         let node = Node::new(identity.node_id(), onion, config, Box::new(rng));
         let core: Box<dyn LinkCore> = match self.scenario.link.as_str() {
-            "tcp" => Box::new(TcpCore::new(identity.node_id(), self.max_datagram, secret)),
-            _ => Box::new(UdtCore::new(
+            "tcp-model" => Box::new(TcpCore::new(identity.node_id(), self.max_datagram, secret)),
+            // smoltcp sends whole IPv4 packets: the IPv4 + UDP header the
+            // others pay for is room for its IPv4 + TCP header.
+            "tcp" => Box::new(SmolTcpCore::new(
+                &identity,
+                self.addrs[i],
+                secret,
+                self.max_datagram + UDP_IP_HEADER,
+            )?),
+            "quic" => Box::new(QuicCore::new(&identity, secret, self.max_datagram)?),
+            "udt" => Box::new(UdtCore::new(
                 &identity,
                 secret,
                 self.max_datagram,
                 self.scenario.congestion()?,
             )?),
+            other => return Err(SimError::Invalid(format!("unknown link kind {other}"))),
         };
         Ok((node, core))
     }
@@ -413,7 +446,7 @@ impl Sim {
                 data,
                 circuits,
             } => {
-                let len = data.len() + self.scenario.ip_overhead;
+                let len = data.len() + self.overhead;
                 match self.net.down.get_mut(to).and_then(|d| d.admit(now, len)) {
                     Some(t) => self.queue.push(t, Ev::Deliver { from, to, data }),
                     None => {
@@ -453,7 +486,9 @@ impl Sim {
                     .on_timer(now, timer, &mut self.hosts, &mut sched);
                 self.sched = sched;
                 let host = match timer {
-                    AppTimer::Start { .. } | AppTimer::Timeout { .. } => None,
+                    AppTimer::Start { .. } | AppTimer::Timeout { .. } | AppTimer::Echo { .. } => {
+                        None
+                    }
                     AppTimer::Accept { host, .. } => Some(host),
                 };
                 // The timer may have touched any client; process the one
@@ -491,7 +526,7 @@ impl Sim {
     fn timer_host(&self, timer: AppTimer) -> Option<usize> {
         match timer {
             AppTimer::Start { .. } => self.traffic.transfers.last().map(|t| t.client),
-            AppTimer::Timeout { transfer } => {
+            AppTimer::Timeout { transfer } | AppTimer::Echo { transfer } => {
                 self.traffic.transfers.get(transfer).map(|t| t.client)
             }
             AppTimer::Accept { host, .. } => Some(host),
@@ -584,14 +619,18 @@ impl Sim {
             return;
         };
         if let Some(c) = self.captures.get_mut(&(from, to)) {
-            c.record(now.nanos(), self.addrs[from], dg.to, &dg.data);
+            if self.raw_ip {
+                c.record_ip(now.nanos(), &dg.data);
+            } else {
+                c.record(now.nanos(), self.addrs[from], dg.to, &dg.data);
+            }
         }
         if self.net.cut(now, from, to) {
             self.lost(from, to, &dg.circuits);
             self.pool.give(dg.data);
             return;
         }
-        let len = dg.data.len() + self.scenario.ip_overhead;
+        let len = dg.data.len() + self.overhead;
         let Some(left) = self.net.up.get_mut(from).and_then(|u| u.admit(now, len)) else {
             self.lost(from, to, &dg.circuits);
             self.pool.give(dg.data);

@@ -1,6 +1,6 @@
 //! The link protocol a simulated host runs, behind one small trait so the
-//! host code does not care whether it drives the real udt core or the TCP
-//! comparison model.
+//! host code does not care which link kind it drives (udt here, quic in
+//! `quic/`, smoltcp TCP in `tcp.rs`, the TCP model in `tcp_model.rs`).
 //!
 //! [`UdtCore`] adapts the real `relay-link-udt` sans-IO [`Endpoint`]
 //! (Noise handshake, AEAD per datagram, selective ACKs, per-circuit
@@ -68,6 +68,22 @@ pub trait LinkCore {
     fn retransmitted(&mut self, addr: &SocketAddr) -> u64;
     /// Circuit ids of the cells in a datagram just sent to `to`.
     fn datagram_circuits(&mut self, to: &SocketAddr, datagram: &[u8], out: &mut Vec<u32>);
+    /// Whether the core's datagrams are whole IPv4 packets (the network
+    /// then adds no IPv4 + UDP header of its own).
+    fn ip_header_included(&self) -> bool {
+        false
+    }
+}
+
+/// Two connections between the same pair of nodes (both dialled at once,
+/// or the peer restarted and dialled again): whether the newer one
+/// replaces the one we have. Both ends must choose the same, so the rule
+/// looks only at who dialled each: keep the one dialled by the smaller
+/// node id; between two from the same dialler, the newer.
+pub fn keep_newer(me: NodeId, peer: NodeId, old_initiator: bool, new_initiator: bool) -> bool {
+    let dialler = |init: bool| if init { me } else { peer };
+    let (old, new) = (dialler(old_initiator), dialler(new_initiator));
+    old == new || new < old
 }
 
 /// The real udt endpoint.
@@ -172,5 +188,25 @@ impl LinkCore for UdtCore {
         if let Some(c) = self.ep.conn_ref(to) {
             out.extend(c.packet_circuits(u64::from_be_bytes(pn)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_ends_keep_the_same_connection() {
+        let (a, b) = (NodeId([1; 32]), NodeId([2; 32]));
+        // A (smaller id) has B's connection and then completes its own
+        // dial; B has A's and then completes its own: both keep A's.
+        assert!(keep_newer(a, b, false, true));
+        assert!(!keep_newer(b, a, false, true));
+        // In the other order each keeps A's too.
+        assert!(!keep_newer(a, b, true, false));
+        assert!(keep_newer(b, a, true, false));
+        // A restarted peer dials again: the newer one wins at either end.
+        assert!(keep_newer(a, b, false, false));
+        assert!(keep_newer(b, a, true, true));
     }
 }

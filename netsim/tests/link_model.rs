@@ -151,3 +151,76 @@ fn queueing_delay_never_exceeds_queue_over_bandwidth() {
     }
     assert!(sim.traffic.transfers.iter().all(|t| t.ok()));
 }
+
+/// Eight bulk circuits into a 20 Mbit/s downlink with a 512 KiB buffer
+/// (210 ms at that rate), drop-tail and then CoDel.
+fn codel_run(aqm: &str) -> Sim {
+    run(
+        &format!(
+            r#"
+        name = "aqm"
+        duration_s = 20
+        [host_defaults]
+        up_mbit = 0
+        down_mbit = 0
+        latency_ms = 10
+        [[group]]
+        name = "client"
+        role = "client"
+        down_mbit = 20
+        queue_kib = 512
+        aqm = "{aqm}"
+        [[group]]
+        name = "server"
+        role = "exit"
+        [[traffic]]
+        kind = "bulk"
+        clients = "client"
+        path = ["server"]
+        size = 100000000
+        parallel = 8
+        timeout_s = 100
+        "#
+        ),
+        4,
+    )
+}
+
+#[test]
+fn codel_keeps_the_standing_queue_near_target_where_drop_tail_fills_the_buffer() {
+    let tail = codel_run("droptail");
+    let codel = codel_run("codel");
+    let client = tail.host_named("client").unwrap();
+    let (t, c) = (&tail.net.down[client], &codel.net.down[client]);
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let bound = ms(t.max_queue_delay());
+    eprintln!(
+        "drop-tail: p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms (bound {bound:.0} ms), {} drops",
+        ms(t.queue_delay.quantile(0.5)),
+        ms(t.queue_delay.quantile(0.9)),
+        ms(t.queue_delay.max()),
+        t.dropped
+    );
+    eprintln!(
+        "codel: p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms, {} drops ({} by CoDel)",
+        ms(c.queue_delay.quantile(0.5)),
+        ms(c.queue_delay.quantile(0.9)),
+        ms(c.queue_delay.max()),
+        c.dropped,
+        c.aqm_dropped
+    );
+    // Drop-tail: the loss-based senders fill the buffer.
+    assert!(ms(t.queue_delay.quantile(0.5)) > bound / 2.0);
+    assert_eq!(t.aqm_dropped, 0);
+    // CoDel: the standing queue stays near its 5 ms target (within a few
+    // targets at the median) and it did the dropping.
+    assert!(c.aqm_dropped > 0 && c.aqm_dropped == c.dropped);
+    assert!(ms(c.queue_delay.quantile(0.5)) < 15.0);
+    // And the link is still used: at least 90% of drop-tail's bytes.
+    assert!(
+        c.bytes as f64 >= 0.9 * t.bytes as f64,
+        "{} vs {}",
+        c.bytes,
+        t.bytes
+    );
+}

@@ -25,10 +25,11 @@ fn quick_scenario_completes_every_transfer_byte_exact() {
     assert!(res.relays.cells_relayed > 0);
 }
 
-#[test]
-fn quick_scenario_over_the_tcp_model_is_byte_exact_too() {
+/// `quick` over another link kind with 1% loss: every transfer byte-exact
+/// and the link core did resend.
+fn quick_over(link: &str) {
     let mut s = find_scenario("quick").unwrap();
-    s.link = "tcp".into();
+    s.link = link.into();
     s.set_loss(0.01);
     let r = run(s, 3, |_, _| {}).unwrap();
     let res = &r.results;
@@ -38,5 +39,23 @@ fn quick_scenario_over_the_tcp_model_is_byte_exact_too() {
         res.links.retransmitted_cells > 0,
         "1% loss but nothing resent"
     );
-    assert_eq!(res.links.kind, "tcp");
+    assert_eq!(res.links.kind, link);
+    for t in &r.sim.traffic.transfers {
+        assert!(t.ok() && t.received == t.size, "{link}: transfer {}", t.id);
+    }
+}
+
+#[test]
+fn quick_scenario_over_the_tcp_model_is_byte_exact_too() {
+    quick_over("tcp-model");
+}
+
+#[test]
+fn quick_scenario_over_quic_is_byte_exact_too() {
+    quick_over("quic");
+}
+
+#[test]
+fn quick_scenario_over_smoltcp_is_byte_exact_too() {
+    quick_over("tcp");
 }

@@ -1,15 +1,15 @@
 //! The `netsim` command line: run a scenario, list the shipped ones, plot
 //! a run's results.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use relay_netsim::output::{find_scenario, list_scenarios, run, write_outputs};
+use relay_netsim::progress::Progress;
 use relay_netsim::SimError;
 
 const USAGE: &str =
-    "netsim run SCENARIO [--seed N] [--out DIR] [--duration S] [--link udt|tcp] [--cc cubic|bbr] [--loss P] | netsim list | netsim plot DIR";
+    "netsim run SCENARIO [--seed N] [--out DIR] [--duration S] [--link udt|quic|tcp|tcp-model] [--cc cubic|bbr] [--loss P] | netsim list | netsim plot DIR";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -106,19 +106,9 @@ fn cmd_run(args: &[String]) -> Result<(), SimError> {
         scenario.link.clone()
     };
     let out = out.unwrap_or_else(|| PathBuf::from(format!("netsim-out/{}-{seed}", scenario.name)));
-    let tty = std::io::stderr().is_terminal();
-    let started = std::time::Instant::now();
-    let result = run(scenario, seed, |now, end| {
-        if tty && started.elapsed().as_secs() >= 2 {
-            eprint!(
-                "\r  simulated {now:>7.1} / {end:.0} s  ({:.0} s wall)",
-                started.elapsed().as_secs_f64()
-            );
-        }
-    })?;
-    if tty {
-        eprintln!();
-    }
+    let mut bar = Progress::new();
+    let result = run(scenario, seed, |now, end| bar.update(now, end))?;
+    bar.finish();
     write_outputs(&result, &out)?;
     let r = &result.results;
     let p = &result.perf;
