@@ -141,6 +141,10 @@ pub(crate) struct State {
     pub connecting: HashSet<NodeId>,
     pub next_link: u64,
     pub stopping: bool,
+    /// Links that filled up outside the driver; it watches them for room.
+    pub need_room: Vec<LinkId>,
+    /// The kernel deadline the driver's timer is set for.
+    pub armed: Option<Time>,
 }
 
 /// Shared by the driver and every handle.
@@ -192,6 +196,11 @@ impl Inner {
     }
 }
 
+/// After a kernel call under the lock: see [`driver::settle`].
+pub(crate) fn settle(inner: &Arc<Inner>, st: &mut State) {
+    driver::settle(inner, st)
+}
+
 impl Daemon {
     /// Binds the listen addresses and starts the driver.
     pub async fn start(keys: Keys, config: DaemonConfig) -> Result<Daemon, DaemonError> {
@@ -222,6 +231,8 @@ impl Daemon {
                 connecting: HashSet::new(),
                 next_link: 1,
                 stopping: false,
+                need_room: Vec::new(),
+                armed: None,
             }),
             wake: Notify::new(),
             directory_changed: Notify::new(),
