@@ -13,7 +13,8 @@
 //! (bounded) hold the cells, and the kernel's end-to-end windows slow the
 //! senders.
 
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
+use std::task::Waker;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -116,7 +117,7 @@ pub(super) async fn run(inner: Arc<Inner>, mut new_links: mpsc::UnboundedReceive
         }
         let next = st.node.poll_timeout();
         st.armed = next;
-        drop(st);
+        release(st);
         if next != armed {
             armed = next;
             let at = next.map_or_else(far, |t| {
@@ -149,20 +150,32 @@ fn room_wait(st: &State, id: LinkId) -> BoxFuture<'static, LinkId> {
 }
 
 /// Hands every link's queued cells to the link, and events to their
-/// handles, after an application call made under the lock; wakes the driver
-/// only when it has something to do (a link that filled up to watch, or a
-/// kernel timer earlier than the one it sleeps on). Stream reads and writes
-/// thus move cells to links without a driver wake-up per call.
-pub(super) fn settle(inner: &Arc<Inner>, st: &mut State) {
-    dispatch_events(inner, st);
-    flush_ready(st);
+/// handles, after an application call made under the lock, then releases
+/// the lock; wakes the driver only when it has something to do (a link that
+/// filled up to watch, or a kernel timer earlier than the one it sleeps
+/// on). Stream reads and writes thus move cells to links without a driver
+/// wake-up per call.
+pub(super) fn settle(inner: &Arc<Inner>, mut st: MutexGuard<'_, State>) {
+    dispatch_events(inner, &mut st);
+    flush_ready(&mut st);
     let earlier = st
         .node
         .poll_timeout()
         .is_some_and(|t| st.armed.is_none_or(|a| t < a));
-    if earlier || !st.need_room.is_empty() {
+    let need_driver = earlier || !st.need_room.is_empty();
+    release(st);
+    if need_driver {
         inner.wake.notify_one();
     }
+}
+
+/// Unlocks the node, then wakes the tasks whose wakers events collected:
+/// a woken task usually takes the lock at once, so waking it while the
+/// lock is held makes it block on the lock (it showed as contended locks).
+pub(super) fn release(mut st: MutexGuard<'_, State>) {
+    let wakes = std::mem::take(&mut st.wakes);
+    drop(st);
+    wakes.into_iter().for_each(Waker::wake);
 }
 
 /// Flushes every link the node reports as having cells.
@@ -349,26 +362,23 @@ pub(super) fn dispatch_events(inner: &Arc<Inner>, st: &mut State) {
             }
             Event::StreamReadable(s) => {
                 if let Some(w) = st.streams.get_mut(&s).and_then(|x| x.read_waker.take()) {
-                    w.wake();
+                    st.wakes.push(w);
                 }
             }
             Event::StreamWritable(s) => {
                 if let Some(w) = st.streams.get_mut(&s).and_then(|x| x.write_waker.take()) {
-                    w.wake();
+                    st.wakes.push(w);
                 }
             }
             Event::StreamClosed { stream, reason } => {
-                if let Some(slot) = st.streams.get_mut(&stream) {
+                let State { streams, wakes, .. } = &mut *st;
+                if let Some(slot) = streams.get_mut(&stream) {
                     slot.closed = Some(reason);
                     if let Some(w) = slot.opened.take() {
                         let _ = w.send(Err(reason));
                     }
-                    if let Some(w) = slot.read_waker.take() {
-                        w.wake();
-                    }
-                    if let Some(w) = slot.write_waker.take() {
-                        w.wake();
-                    }
+                    wakes.extend(slot.read_waker.take());
+                    wakes.extend(slot.write_waker.take());
                     if let Some(w) = slot.resolved.take() {
                         let _ = w.send(Vec::new());
                     }
@@ -399,7 +409,7 @@ pub(super) fn spawn_connect(inner: Arc<Inner>, node: NodeId, addr: LinkAddr) {
                 for w in st.link_waiters.remove(&node).unwrap_or_default() {
                     let _ = w.send(Err(e.to_string()));
                 }
-                settle(&inner, &mut st);
+                settle(&inner, st);
             }
         }
     });

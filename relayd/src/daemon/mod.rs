@@ -7,7 +7,11 @@
 //! stream reads and writes the kernel's stream buffers directly under the
 //! lock and parks a waker when they are empty or full (as quinn does with
 //! its connection state), so bytes are copied once and backpressure comes
-//! for free. The driver is woken by a `Notify` after every such call.
+//! for free. After a stream read or write the calling task itself hands the
+//! cells it made to the links and the events to their handles
+//! (`driver::settle`); the driver is woken (a `Notify`) only when it must
+//! act: a link that filled up, a kernel timer earlier than its own, or a
+//! control call (circuit builds, stream opens, closes).
 
 mod driver;
 pub mod links;
@@ -145,6 +149,8 @@ pub(crate) struct State {
     pub need_room: Vec<LinkId>,
     /// The kernel deadline the driver's timer is set for.
     pub armed: Option<Time>,
+    /// Tasks to wake once the lock is released (`driver::release`).
+    pub wakes: Vec<std::task::Waker>,
 }
 
 /// Shared by the driver and every handle.
@@ -197,7 +203,7 @@ impl Inner {
 }
 
 /// After a kernel call under the lock: see [`driver::settle`].
-pub(crate) fn settle(inner: &Arc<Inner>, st: &mut State) {
+pub(crate) fn settle(inner: &Arc<Inner>, st: MutexGuard<'_, State>) {
     driver::settle(inner, st)
 }
 
@@ -233,6 +239,7 @@ impl Daemon {
                 stopping: false,
                 need_room: Vec::new(),
                 armed: None,
+                wakes: Vec::new(),
             }),
             wake: Notify::new(),
             directory_changed: Notify::new(),

@@ -66,7 +66,7 @@ impl RelayStream {
             let mut st = self.inner.lock();
             let now = self.inner.now();
             let r = st.node.send_datagram(now, self.stream, target, payload);
-            settle(&self.inner, &mut st);
+            settle(&self.inner, st);
             r
         };
         r.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
@@ -117,7 +117,7 @@ impl AsyncRead for RelayStream {
         if n > 0 {
             buf.advance(n);
             // Reading may release an XON.
-            settle(&this.inner, &mut st);
+            settle(&this.inner, st);
             return Poll::Ready(Ok(()));
         }
         if let Some(r) = Self::abort_reason(&st, this.stream) {
@@ -154,7 +154,7 @@ impl AsyncWrite for RelayStream {
             }
             Ok(n) => {
                 // The cells the write made go to the link from here.
-                settle(&this.inner, &mut st);
+                settle(&this.inner, st);
                 Poll::Ready(Ok(n))
             }
             Err(e) => Poll::Ready(Err(io::Error::new(
@@ -175,7 +175,7 @@ impl AsyncWrite for RelayStream {
             let mut st = this.inner.lock();
             let now = this.inner.now();
             let _ = st.node.stream_finish(now, this.stream);
-            settle(&this.inner, &mut st);
+            settle(&this.inner, st);
         }
         Poll::Ready(Ok(()))
     }
