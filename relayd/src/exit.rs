@@ -100,7 +100,7 @@ async fn tcp_exit(d: Daemon, s: StreamRef, target: TargetAddr) {
                 let Ok(mut relay) = d.accept_stream(s, Some(addr)) else {
                     return;
                 };
-                if let Err(e) = tokio::io::copy_bidirectional(&mut tcp, &mut relay).await {
+                if let Err(e) = crate::pump::pump(&mut tcp, &mut relay).await {
                     tracing::debug!("exit stream to {addr}: {e}");
                 }
                 return;

@@ -14,6 +14,7 @@ pub mod exit_policy;
 pub mod keys;
 pub mod peers;
 pub mod proxy;
+pub mod pump;
 pub mod run;
 pub mod services;
 pub mod socks5;

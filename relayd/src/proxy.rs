@@ -161,16 +161,10 @@ async fn carry(
     Ok(())
 }
 
-/// Copy buffer per direction. tokio's default is 8 KiB; 4 KiB (eight cells)
-/// halves what a client holding a thousand idle connections spends on
-/// buffers (chainbench: RSS with 1,000 circuits) and still moves a
-/// congestion window's worth of cells per few reads.
-const COPY_BUFFER: usize = 4096;
-
+/// Carries a local connection over its stream (buffers held only while
+/// bytes move: see `crate::pump`).
 async fn copy(tcp: &mut TcpStream, stream: &mut RelayStream) {
-    if let Err(e) =
-        tokio::io::copy_bidirectional_with_sizes(tcp, stream, COPY_BUFFER, COPY_BUFFER).await
-    {
+    if let Err(e) = crate::pump::pump(tcp, stream).await {
         tracing::debug!("stream ended: {e}");
     }
 }

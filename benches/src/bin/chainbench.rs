@@ -8,8 +8,14 @@
 //! Reports bulk throughput (download, one connection), time to first and
 //! last byte for 50 KiB / 1 MiB / 5 MiB (new connection each, so relayd's
 //! figures include building a circuit), connection setup time, CPU seconds
-//! per GB summed over the chain's processes, and RSS (idle, peak, and with
-//! 1,000 open circuits).
+//! per GB summed over the chain's processes and per process, and RSS (idle,
+//! peak, and with 1,000 open circuits).
+//!
+//! Noise: the host is shared, so `--bulk-reps N` repeats the bulk download
+//! N times, alternating between the chains (plain, relayd, relayd B), and
+//! reports medians and the median of the per-round ratios; `--relayd-b PATH`
+//! adds a second relayd chain run from another binary (a before/after
+//! comparison in one run).
 
 // A measurement tool: failing loudly on a broken setup is the right answer.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -213,8 +219,8 @@ struct Chain {
 }
 
 impl Chain {
-    fn cpu(&self) -> u64 {
-        self.procs.iter().map(|p| cpu_ticks(p.child.id())).sum()
+    fn cpu_each(&self) -> Vec<u64> {
+        self.procs.iter().map(|p| cpu_ticks(p.child.id())).collect()
     }
 }
 
@@ -234,8 +240,7 @@ fn plain_chain(server: SocketAddr) -> Chain {
     }
 }
 
-fn relayd_chain(server: SocketAddr, link: &str) -> Chain {
-    let bin = relayd_bin();
+fn relayd_chain(server: SocketAddr, link: &str, bin: &PathBuf, name: &str) -> Chain {
     let listen = format!("{link}://127.0.0.1:0");
     let mut procs = Vec::new();
     let mut hops = Vec::new();
@@ -244,42 +249,95 @@ fn relayd_chain(server: SocketAddr, link: &str) -> Chain {
         if i == 2 {
             args.extend_from_slice(&["--exit-policy", "accept 127.0.0.1:*"]);
         }
-        let p = spawn(&bin, &args);
+        let p = spawn(bin, &args);
         hops.push(field(&p, "listen").to_string());
         procs.push(p);
     }
     let spec = format!("127.0.0.1:0>{}>{}", hops.join(">"), server);
-    let client = spawn(&bin, &["tunnel", &spec]);
+    let client = spawn(bin, &["tunnel", &spec]);
     let entry = field(&client, "tunnel").parse().expect("tunnel addr");
     procs.push(client);
     Chain {
-        name: format!("relayd 3 hops ({link})"),
+        name: format!("{name} 3 hops ({link})"),
         entry,
         procs,
     }
 }
 
-struct Report {
-    mbit: f64,
-    cpu_per_gb: f64,
-    ttfb: Vec<(u64, Duration, Duration)>,
-    setup: Duration,
-}
-
-fn measure(chain: &Chain, bulk: u64, reps: usize) -> Report {
-    // Warm up (and build the first circuit) before timing.
-    let _ = fetch(chain.entry, 1 << 20);
-    let cpu0 = chain.cpu();
+/// One bulk download: Mbit/s (0 when it failed) and CPU ticks per process.
+fn bulk_once(chain: &Chain, bulk: u64) -> (f64, Vec<u64>) {
+    let cpu0 = chain.cpu_each();
     let t = Instant::now();
     let ok = fetch(chain.entry, bulk).is_some();
     let secs = t.elapsed().as_secs_f64();
-    let cpu = (chain.cpu() - cpu0) as f64 / ticks_per_sec();
-    let gb = bulk as f64 / 1e9;
+    let cpu = chain
+        .cpu_each()
+        .iter()
+        .zip(&cpu0)
+        .map(|(a, b)| a - b)
+        .collect();
     let mbit = if ok {
         bulk as f64 * 8.0 / secs / 1e6
     } else {
         0.0
     };
+    (mbit, cpu)
+}
+
+struct Bulk {
+    /// Mbit/s of each round.
+    mbit: Vec<f64>,
+    /// CPU seconds per GB of each process, over all rounds.
+    cpu_per_gb: Vec<f64>,
+}
+
+impl Bulk {
+    fn median_mbit(&self) -> f64 {
+        median_f(self.mbit.clone())
+    }
+    fn cpu_total(&self) -> f64 {
+        self.cpu_per_gb.iter().sum()
+    }
+}
+
+/// `rounds` bulk downloads per chain, alternating between the chains so
+/// that each round compares them under the same load of the host.
+fn bulk_rounds(chains: &[&Chain], bulk: u64, rounds: usize) -> Vec<Bulk> {
+    // Warm up (and build the first circuit) before timing.
+    for c in chains {
+        let _ = fetch(c.entry, 1 << 20);
+    }
+    let mut out: Vec<Bulk> = chains
+        .iter()
+        .map(|c| Bulk {
+            mbit: Vec::new(),
+            cpu_per_gb: vec![0.0; c.procs.len()],
+        })
+        .collect();
+    let gb = bulk as f64 * rounds as f64 / 1e9;
+    for _ in 0..rounds {
+        for (c, b) in chains.iter().zip(out.iter_mut()) {
+            let (mbit, cpu) = bulk_once(c, bulk);
+            b.mbit.push(mbit);
+            for (acc, t) in b.cpu_per_gb.iter_mut().zip(cpu) {
+                *acc += t as f64 / ticks_per_sec() / gb;
+            }
+        }
+    }
+    out
+}
+
+fn median_f(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+struct Latency {
+    ttfb: Vec<(u64, Duration, Duration)>,
+    setup: Duration,
+}
+
+fn latency(chain: &Chain, reps: usize) -> Latency {
     let mut ttfb = Vec::new();
     for size in [50u64 << 10, 1 << 20, 5 << 20] {
         let mut firsts = Vec::new();
@@ -298,9 +356,7 @@ fn measure(chain: &Chain, bulk: u64, reps: usize) -> Report {
             setups.push(f);
         }
     }
-    Report {
-        mbit,
-        cpu_per_gb: cpu / gb,
+    Latency {
         ttfb,
         setup: median(setups),
     }
@@ -324,14 +380,16 @@ fn hold_circuits(entry: SocketAddr, n: usize) -> Vec<TcpStream> {
     v
 }
 
-const USAGE: &str =
-    "usage: chainbench [--link udt|tcp|quic|s2n] [--bulk-mb N] [--reps N] [--circuits N]";
+const USAGE: &str = "usage: chainbench [--link udt|tcp|quic|s2n] [--bulk-mb N] [--bulk-reps N] \
+[--reps N] [--circuits N] [--relayd-b PATH]";
 
 struct Opts {
     link: String,
     bulk_mb: u64,
+    bulk_reps: usize,
     reps: usize,
     circuits: usize,
+    relayd_b: Option<PathBuf>,
 }
 
 /// Strict flags: an unknown flag or a bad value is an error, not a default.
@@ -339,8 +397,10 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
     let mut o = Opts {
         link: "udt".into(),
         bulk_mb: 400,
+        bulk_reps: 1,
         reps: 9,
         circuits: 1000,
+        relayd_b: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -361,7 +421,9 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
             }
             "--link" => return Err(format!("unknown link kind {value:?}")),
             "--bulk-mb" => o.bulk_mb = number(value)?,
+            "--bulk-reps" => o.bulk_reps = number(value)? as usize,
             "--reps" => o.reps = number(value)? as usize,
+            "--relayd-b" => o.relayd_b = Some(PathBuf::from(value)),
             "--circuits" => o.circuits = number(value)? as usize,
             _ => return Err(format!("unknown option {flag:?}")),
         }
@@ -384,53 +446,96 @@ fn main() {
     let Opts {
         link,
         bulk_mb,
+        bulk_reps,
         reps,
         circuits,
+        relayd_b,
     } = opts;
     let bulk = bulk_mb << 20;
-    if !relayd_bin().exists() {
-        eprintln!(
-            "chainbench: {} not found; run `cargo build --release -p relayd` first or set RELAYD_BIN",
-            relayd_bin().display()
-        );
-        std::process::exit(2);
+    let bin = relayd_bin();
+    for b in std::iter::once(&bin).chain(relayd_b.as_ref()) {
+        if !b.exists() {
+            eprintln!(
+                "chainbench: {} not found; run `cargo build --release -p relayd` first or set RELAYD_BIN",
+                b.display()
+            );
+            std::process::exit(2);
+        }
     }
     let server = source_server();
     let plain = plain_chain(server);
-    let relay = relayd_chain(server, &link);
+    let relay = relayd_chain(server, &link, &bin, "relayd");
+    let relay_b = relayd_b
+        .as_ref()
+        .map(|b| relayd_chain(server, &link, b, "relayd B"));
     let idle: Vec<u64> = relay
         .procs
         .iter()
         .map(|p| rss_kib(p.child.id()).0)
         .collect();
-    let rp = measure(&plain, bulk, reps);
-    let rr = measure(&relay, bulk, reps);
+    let mut chains = vec![&plain, &relay];
+    chains.extend(relay_b.as_ref());
+    let bulks = bulk_rounds(&chains, bulk, bulk_reps);
+    let lats: Vec<Latency> = chains.iter().map(|c| latency(c, reps)).collect();
     println!(
-        "chainbench: bulk {} MiB, {reps} reps per size, link {link}",
+        "chainbench: bulk {} MiB x {bulk_reps}, {reps} reps per size, link {link}",
         bulk >> 20
     );
     println!(
         "{:<28} {:>10} {:>12} {:>12}",
         "chain", "Mbit/s", "CPU s/GB", "setup ms"
     );
-    for (c, r) in [(&plain, &rp), (&relay, &rr)] {
+    for ((c, b), l) in chains.iter().zip(&bulks).zip(&lats) {
         println!(
             "{:<28} {:>10.0} {:>12.2} {:>12.1}",
             c.name,
-            r.mbit,
-            r.cpu_per_gb,
-            r.setup.as_secs_f64() * 1e3
+            b.median_mbit(),
+            b.cpu_total(),
+            l.setup.as_secs_f64() * 1e3
         );
     }
-    println!(
-        "throughput ratio relayd/plain: {:.2}",
-        rr.mbit / rp.mbit.max(1e-9)
-    );
+    for (c, b) in chains.iter().zip(&bulks).skip(1) {
+        let per: Vec<String> = b.cpu_per_gb.iter().map(|x| format!("{x:.2}")).collect();
+        println!(
+            "{} CPU s/GB per process (relay1, relay2, exit, client): {}",
+            c.name,
+            per.join(", ")
+        );
+    }
+    let p = &bulks[0];
+    for (c, b) in chains.iter().zip(&bulks).skip(1) {
+        let rounds: Vec<f64> = b
+            .mbit
+            .iter()
+            .zip(&p.mbit)
+            .map(|(r, q)| r / q.max(1e-9))
+            .collect();
+        let shown: Vec<String> = rounds.iter().map(|x| format!("{x:.2}")).collect();
+        println!(
+            "throughput ratio {}/plain: {:.2} (rounds: {})",
+            c.name,
+            median_f(rounds.clone()),
+            shown.join(", ")
+        );
+    }
+    if let Some(b) = bulks.get(2) {
+        let rounds: Vec<f64> = bulks[1]
+            .mbit
+            .iter()
+            .zip(&b.mbit)
+            .map(|(a, b)| a / b.max(1e-9))
+            .collect();
+        println!(
+            "throughput ratio relayd/relayd B: {:.2}; CPU s/GB ratio: {:.2}",
+            median_f(rounds),
+            bulks[1].cpu_total() / b.cpu_total().max(1e-9)
+        );
+    }
     println!(
         "{:<10} {:>14} {:>14} {:>14} {:>14}",
         "size", "plain TTFB ms", "plain TTLB ms", "relayd TTFB ms", "relayd TTLB ms"
     );
-    for (a, b) in rp.ttfb.iter().zip(&rr.ttfb) {
+    for (a, b) in lats[0].ttfb.iter().zip(&lats[1].ttfb) {
         println!(
             "{:<10} {:>14.1} {:>14.1} {:>14.1} {:>14.1}",
             format!("{} KiB", a.0 >> 10),
@@ -440,6 +545,9 @@ fn main() {
             b.2.as_secs_f64() * 1e3
         );
     }
+    // Relayd B's processes stop here so that the RSS figures below are
+    // those of the main relayd chain alone.
+    drop(relay_b);
     let peak: Vec<u64> = relay
         .procs
         .iter()

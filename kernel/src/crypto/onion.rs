@@ -213,7 +213,10 @@ impl ClientOnion {
     /// An empty path.
     pub fn new() -> ClientOnion {
         ClientOnion {
-            hops: Vec::with_capacity(MAX_HOPS),
+            // Grown one hop at a time (see `push_hop`): a hop's state is
+            // about 3 KiB, so room for MAX_HOPS up front was 26 KiB per
+            // client circuit, most of a client's memory with 1,000 circuits.
+            hops: Vec::new(),
             tails: Vec::new(),
             tails_from: None,
             scratch: vec![0; BODY_LEN + MAX_FILLER],
@@ -235,6 +238,7 @@ impl ClientOnion {
         if self.hops.len() >= MAX_HOPS {
             return Err(CryptoError::TooManyHops);
         }
+        self.hops.reserve_exact(1);
         self.hops.push(ClientHop {
             forward: DefaultAead::new(&keys.forward)?,
             forward_stream: Keystream::new(&keys.forward),

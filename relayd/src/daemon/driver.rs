@@ -13,7 +13,8 @@
 //! (bounded) hold the cells, and the kernel's end-to-end windows slow the
 //! senders.
 
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
+use std::task::Waker;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -55,20 +56,27 @@ fn batch_stream(
 pub(super) async fn run(inner: Arc<Inner>, mut new_links: mpsc::UnboundedReceiver<Link>) {
     let mut links: SelectAll<LinkRx> = SelectAll::new();
     let mut room: FuturesUnordered<BoxFuture<'static, LinkId>> = FuturesUnordered::new();
+    // One timer for the whole life of the driver, moved only when the
+    // kernel's next deadline changes: a fresh `sleep_until` per wake-up
+    // cost a timer-wheel insert and removal each time (it showed in the
+    // profile).
+    let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
+    let timer = tokio::time::sleep_until(far());
+    tokio::pin!(timer);
+    let mut armed: Option<Time> = None;
     loop {
-        let deadline = {
-            let st = inner.lock();
-            st.node.poll_timeout()
-        }
-        .map(|t| tokio::time::Instant::from_std(inner.start) + Duration::from_nanos(t.0))
-        .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
-        tokio::select! {
-            Some(link) = new_links.recv() => {
-                let mut st = inner.lock();
-                register(&inner, &mut st, link, &mut links);
-            }
-            Some((id, cells)) = links.next(), if !links.is_empty() => {
-                let mut st = inner.lock();
+        let woke = tokio::select! {
+            Some(link) = new_links.recv() => Wake::Link(link),
+            Some((id, cells)) = links.next(), if !links.is_empty() => Wake::Cells(id, cells),
+            Some(id) = room.next(), if !room.is_empty() => Wake::Room(id),
+            _ = inner.wake.notified() => Wake::Notified,
+            _ = &mut timer, if armed.is_some() => Wake::Timer,
+        };
+        // Everything below runs under one lock acquisition per wake-up.
+        let mut st = inner.lock();
+        match woke {
+            Wake::Link(link) => register(&inner, &mut st, link, &mut links),
+            Wake::Cells(id, cells) => {
                 // One clock read per wake-up, not per cell (it showed in
                 // the profile); cells of one batch arrived together anyway.
                 let now = inner.now();
@@ -89,25 +97,91 @@ pub(super) async fn run(inner: Arc<Inner>, mut new_links: mpsc::UnboundedReceive
                     }
                 }
             }
-            Some(id) = room.next(), if !room.is_empty() => {
-                let mut st = inner.lock();
+            Wake::Room(id) => {
                 if let Some(l) = st.links.get_mut(&id) {
                     l.blocked = false;
                 }
-                flush_link(&mut st, id, &mut room);
+                flush_link(&mut st, id);
             }
-            _ = inner.wake.notified() => {}
-            _ = tokio::time::sleep_until(deadline) => {
-                let mut st = inner.lock();
+            Wake::Notified => {}
+            Wake::Timer => {
+                armed = None;
                 let now = inner.now();
                 st.node.handle_timeout(now);
             }
         }
-        let mut st = inner.lock();
         dispatch_events(&inner, &mut st);
-        while let Some(id) = st.node.poll_ready_link() {
-            flush_link(&mut st, id, &mut room);
+        flush_ready(&mut st);
+        for id in std::mem::take(&mut st.need_room) {
+            room.push(room_wait(&st, id));
         }
+        let next = st.node.poll_timeout();
+        st.armed = next;
+        release(st);
+        if next != armed {
+            armed = next;
+            let at = next.map_or_else(far, |t| {
+                tokio::time::Instant::from_std(inner.start) + Duration::from_nanos(t.0)
+            });
+            timer.as_mut().reset(at);
+        }
+    }
+}
+
+/// What woke the driver.
+enum Wake {
+    Link(Link),
+    Cells(LinkId, Option<Vec<Cell>>),
+    Room(LinkId),
+    Notified,
+    Timer,
+}
+
+/// A future that resolves once link `id` can take cells again.
+fn room_wait(st: &State, id: LinkId) -> BoxFuture<'static, LinkId> {
+    let tx = st.links.get(&id).map(|l| l.tx.clone());
+    async move {
+        if let Some(tx) = tx {
+            let _ = tx.ready().await;
+        }
+        id
+    }
+    .boxed()
+}
+
+/// Hands every link's queued cells to the link, and events to their
+/// handles, after an application call made under the lock, then releases
+/// the lock; wakes the driver only when it has something to do (a link that
+/// filled up to watch, or a kernel timer earlier than the one it sleeps
+/// on). Stream reads and writes thus move cells to links without a driver
+/// wake-up per call.
+pub(super) fn settle(inner: &Arc<Inner>, mut st: MutexGuard<'_, State>) {
+    dispatch_events(inner, &mut st);
+    flush_ready(&mut st);
+    let earlier = st
+        .node
+        .poll_timeout()
+        .is_some_and(|t| st.armed.is_none_or(|a| t < a));
+    let need_driver = earlier || !st.need_room.is_empty();
+    release(st);
+    if need_driver {
+        inner.wake.notify_one();
+    }
+}
+
+/// Unlocks the node, then wakes the tasks whose wakers events collected:
+/// a woken task usually takes the lock at once, so waking it while the
+/// lock is held makes it block on the lock (it showed as contended locks).
+pub(super) fn release(mut st: MutexGuard<'_, State>) {
+    let wakes = std::mem::take(&mut st.wakes);
+    drop(st);
+    wakes.into_iter().for_each(Waker::wake);
+}
+
+/// Flushes every link the node reports as having cells.
+fn flush_ready(st: &mut State) {
+    while let Some(id) = st.node.poll_ready_link() {
+        flush_link(st, id);
     }
 }
 
@@ -197,8 +271,13 @@ fn link_closed(inner: &Arc<Inner>, st: &mut State, id: LinkId) {
     st.node.link_down(now, id);
 }
 
-fn flush_link(st: &mut State, id: LinkId, room: &mut FuturesUnordered<BoxFuture<'static, LinkId>>) {
-    let State { node, links, .. } = st;
+fn flush_link(st: &mut State, id: LinkId) {
+    let State {
+        node,
+        links,
+        need_room,
+        ..
+    } = st;
     let Some(l) = links.get_mut(&id) else {
         // Link gone: drop what the node had for it.
         while let Some(c) = node.poll_transmit(id) {
@@ -212,15 +291,9 @@ fn flush_link(st: &mut State, id: LinkId, room: &mut FuturesUnordered<BoxFuture<
     match l.tx.push_from(|| node.poll_transmit(id)) {
         Push::Drained => {}
         Push::Full => {
+            // The driver watches for room and flushes again.
             l.blocked = true;
-            let tx = l.tx.clone();
-            room.push(
-                async move {
-                    let _ = tx.ready().await;
-                    id
-                }
-                .boxed(),
-            );
+            need_room.push(id);
         }
         // Closed: the link task is gone; its receiver will end shortly and
         // `link_closed` cleans up (dropping what the node still has).
@@ -228,7 +301,7 @@ fn flush_link(st: &mut State, id: LinkId, room: &mut FuturesUnordered<BoxFuture<
     }
 }
 
-fn dispatch_events(inner: &Arc<Inner>, st: &mut State) {
+pub(super) fn dispatch_events(inner: &Arc<Inner>, st: &mut State) {
     while let Some(ev) = st.node.poll_event() {
         match ev {
             Event::CircuitReady(c) => {
@@ -289,26 +362,23 @@ fn dispatch_events(inner: &Arc<Inner>, st: &mut State) {
             }
             Event::StreamReadable(s) => {
                 if let Some(w) = st.streams.get_mut(&s).and_then(|x| x.read_waker.take()) {
-                    w.wake();
+                    st.wakes.push(w);
                 }
             }
             Event::StreamWritable(s) => {
                 if let Some(w) = st.streams.get_mut(&s).and_then(|x| x.write_waker.take()) {
-                    w.wake();
+                    st.wakes.push(w);
                 }
             }
             Event::StreamClosed { stream, reason } => {
-                if let Some(slot) = st.streams.get_mut(&stream) {
+                let State { streams, wakes, .. } = &mut *st;
+                if let Some(slot) = streams.get_mut(&stream) {
                     slot.closed = Some(reason);
                     if let Some(w) = slot.opened.take() {
                         let _ = w.send(Err(reason));
                     }
-                    if let Some(w) = slot.read_waker.take() {
-                        w.wake();
-                    }
-                    if let Some(w) = slot.write_waker.take() {
-                        w.wake();
-                    }
+                    wakes.extend(slot.read_waker.take());
+                    wakes.extend(slot.write_waker.take());
                     if let Some(w) = slot.resolved.take() {
                         let _ = w.send(Vec::new());
                     }
@@ -339,8 +409,7 @@ pub(super) fn spawn_connect(inner: Arc<Inner>, node: NodeId, addr: LinkAddr) {
                 for w in st.link_waiters.remove(&node).unwrap_or_default() {
                     let _ = w.send(Err(e.to_string()));
                 }
-                drop(st);
-                inner.wake.notify_one();
+                settle(&inner, st);
             }
         }
     });

@@ -7,7 +7,11 @@
 //! stream reads and writes the kernel's stream buffers directly under the
 //! lock and parks a waker when they are empty or full (as quinn does with
 //! its connection state), so bytes are copied once and backpressure comes
-//! for free. The driver is woken by a `Notify` after every such call.
+//! for free. After a stream read or write the calling task itself hands the
+//! cells it made to the links and the events to their handles
+//! (`driver::settle`); the driver is woken (a `Notify`) only when it must
+//! act: a link that filled up, a kernel timer earlier than its own, or a
+//! control call (circuit builds, stream opens, closes).
 
 mod driver;
 pub mod links;
@@ -141,6 +145,12 @@ pub(crate) struct State {
     pub connecting: HashSet<NodeId>,
     pub next_link: u64,
     pub stopping: bool,
+    /// Links that filled up outside the driver; it watches them for room.
+    pub need_room: Vec<LinkId>,
+    /// The kernel deadline the driver's timer is set for.
+    pub armed: Option<Time>,
+    /// Tasks to wake once the lock is released (`driver::release`).
+    pub wakes: Vec<std::task::Waker>,
 }
 
 /// Shared by the driver and every handle.
@@ -192,6 +202,11 @@ impl Inner {
     }
 }
 
+/// After a kernel call under the lock: see [`driver::settle`].
+pub(crate) fn settle(inner: &Arc<Inner>, st: MutexGuard<'_, State>) {
+    driver::settle(inner, st)
+}
+
 impl Daemon {
     /// Binds the listen addresses and starts the driver.
     pub async fn start(keys: Keys, config: DaemonConfig) -> Result<Daemon, DaemonError> {
@@ -222,6 +237,9 @@ impl Daemon {
                 connecting: HashSet::new(),
                 next_link: 1,
                 stopping: false,
+                need_room: Vec::new(),
+                armed: None,
+                wakes: Vec::new(),
             }),
             wake: Notify::new(),
             directory_changed: Notify::new(),

@@ -5,7 +5,9 @@
 //! Reads and writes go straight to the kernel under the node lock; when a
 //! buffer is empty (read) or full (write) the task's waker is parked in the
 //! stream's slot and the driver wakes it on `StreamReadable` /
-//! `StreamWritable` / `StreamClosed`.
+//! `StreamWritable` / `StreamClosed`. The cells a call makes are handed to
+//! the links by the calling task itself (`settle`), so a write costs no
+//! driver wake-up.
 
 use std::io;
 use std::pin::Pin;
@@ -15,7 +17,7 @@ use std::task::{Context, Poll};
 use relay_kernel::{EndReason, StreamRef, TargetAddr};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::{Inner, State};
+use super::{settle, Inner, State};
 
 /// One stream of a circuit.
 pub struct RelayStream {
@@ -63,9 +65,10 @@ impl RelayStream {
         let r = {
             let mut st = self.inner.lock();
             let now = self.inner.now();
-            st.node.send_datagram(now, self.stream, target, payload)
+            let r = st.node.send_datagram(now, self.stream, target, payload);
+            settle(&self.inner, st);
+            r
         };
-        self.inner.wake.notify_one();
         r.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
     }
 
@@ -113,9 +116,8 @@ impl AsyncRead for RelayStream {
         let n = st.node.stream_read(now, this.stream, dst).unwrap_or(0);
         if n > 0 {
             buf.advance(n);
-            drop(st);
-            // Reading may release an XON or a SENDME.
-            this.inner.wake.notify_one();
+            // Reading may release an XON.
+            settle(&this.inner, st);
             return Poll::Ready(Ok(()));
         }
         if let Some(r) = Self::abort_reason(&st, this.stream) {
@@ -151,8 +153,8 @@ impl AsyncWrite for RelayStream {
                 Poll::Pending
             }
             Ok(n) => {
-                drop(st);
-                this.inner.wake.notify_one();
+                // The cells the write made go to the link from here.
+                settle(&this.inner, st);
                 Poll::Ready(Ok(n))
             }
             Err(e) => Poll::Ready(Err(io::Error::new(
@@ -173,8 +175,7 @@ impl AsyncWrite for RelayStream {
             let mut st = this.inner.lock();
             let now = this.inner.now();
             let _ = st.node.stream_finish(now, this.stream);
-            drop(st);
-            this.inner.wake.notify_one();
+            settle(&this.inner, st);
         }
         Poll::Ready(Ok(()))
     }
