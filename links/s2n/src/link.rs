@@ -32,9 +32,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use relay_kernel::{Cell, CELL_LEN};
-use relay_link::batch::{group_by_circuit, CircuitBatch, Delivery};
+use bytes::Bytes;
+use relay_kernel::Cell;
+use relay_link::batch::{Blocks, CellSplitter, CircuitBatch, Delivery, Grouper};
 use relay_link::link::CloseCell;
 use relay_link::{CellRx, CellTx, CloseReason, LinkIo};
 use s2n_quic::connection::{Error as ConnectionError, Handle, StreamAcceptor};
@@ -170,6 +170,7 @@ async fn writer(
     keepalive: Duration,
 ) {
     let mut streams: HashMap<u32, SendStream> = HashMap::new();
+    let mut grouper = Grouper::new();
     let mut groups: Vec<CircuitBatch> = Vec::new();
     let mut cells: Vec<Cell> = Vec::with_capacity(BATCH_CELLS);
     let mut ping = tokio::time::interval(keepalive);
@@ -192,7 +193,7 @@ async fn writer(
         // 0: the node closed or dropped the link: close gracefully.
         let close = n == 0;
         groups.clear();
-        group_by_circuit(&mut cells, &mut groups);
+        grouper.group(&mut cells, &mut groups);
         for g in groups.drain(..) {
             if let Err(e) = write_group(&mut conn, &mut streams, &mut destroyed, g).await {
                 closed.set(e);
@@ -234,11 +235,9 @@ async fn write_group(
                 s = &mut open => break s.map_err(|e| close_reason(&e))?,
             }
         };
-        // The kind byte goes out with the first cells (below).
-        let mut first = BytesMut::with_capacity(1 + g.bytes.len());
-        first.extend_from_slice(&[KIND_CELLS]);
-        first.extend_from_slice(&g.bytes);
-        s.send(first.freeze()).await.map_err(reason_of)?;
+        // The kind byte goes out with the first cells, in one call.
+        let mut first = [Bytes::from_static(&[KIND_CELLS]), g.bytes];
+        s.send_vectored(&mut first).await.map_err(reason_of)?;
         if g.last {
             let _ = s.finish();
         } else {
@@ -249,7 +248,7 @@ async fn write_group(
     let s = streams
         .get_mut(&g.circ)
         .ok_or_else(|| CloseReason::Error("stream vanished".into()))?;
-    s.send(g.bytes.freeze()).await.map_err(reason_of)?;
+    s.send(g.bytes).await.map_err(reason_of)?;
     if g.last {
         if let Some(mut s) = streams.remove(&g.circ) {
             let _ = s.finish();
@@ -404,10 +403,7 @@ async fn read_stream(
         _ => return Err(protocol_err("unknown stream kind")),
     }
     let mut out = Delivery::new(incoming, destroyed);
-    // Each cell gets its own exact buffer (the node keeps cells in queues,
-    // so they must not pin larger ones), and nothing is allocated for a
-    // stream until data arrives: an idle circuit costs only its stream.
-    let mut partial = BytesMut::new();
+    let (mut cells, mut blocks) = (CellSplitter::new(), Blocks::new());
     let mut next = Some(chunk);
     loop {
         let chunk = match next.take() {
@@ -417,26 +413,10 @@ async fn read_stream(
                 None => break,
             },
         };
-        let mut data = &chunk[..];
-        if !partial.is_empty() {
-            let take = (CELL_LEN - partial.len()).min(data.len());
-            partial.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if partial.len() == CELL_LEN {
-                let cell =
-                    Cell::from_bytes(partial.split()).map_err(|e| protocol_err(&e.to_string()))?;
-                out.push(cell);
-            }
-        }
-        while let Some((bytes, rest)) = data.split_at_checked(CELL_LEN) {
-            data = rest;
-            let cell = Cell::from_slice(bytes).map_err(|e| protocol_err(&e.to_string()))?;
-            out.push(cell);
-        }
-        partial.extend_from_slice(data);
+        cells.push(&chunk, &mut blocks, &mut out);
         out.flush().await;
     }
-    if !partial.is_empty() {
+    if cells.has_partial() {
         return Err(protocol_err("stream ended inside a cell"));
     }
     Ok(Carried::Cells)
