@@ -184,6 +184,73 @@ impl CellSplitter {
     }
 }
 
+/// First byte of a stream of cells (then whole cells until its end).
+pub const KIND_CELLS: u8 = 0;
+/// First and only byte of the stream announcing a graceful close.
+pub const KIND_FIN: u8 = 1;
+/// First and only byte of the stream confirming that everything the peer
+/// sent before its FIN was read.
+pub const KIND_DRAINED: u8 = 2;
+
+/// What a finished stream carried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carried {
+    Cells,
+    Fin,
+    Drained,
+}
+
+/// One received stream: its kind byte, then cells or nothing.
+#[derive(Debug, Default)]
+pub enum StreamState {
+    /// The kind byte has not arrived yet.
+    #[default]
+    Unknown,
+    Cells(CellSplitter),
+    /// A control stream: nothing may follow its kind byte.
+    Control(Carried),
+}
+
+impl StreamState {
+    /// Takes the stream's next bytes; an error means the peer broke the
+    /// stream protocol.
+    pub fn take(
+        &mut self,
+        mut data: &[u8],
+        blocks: &mut Blocks,
+        out: &mut Delivery,
+    ) -> Result<(), &'static str> {
+        if let StreamState::Unknown = self {
+            let Some((&k, rest)) = data.split_first() else {
+                return Ok(());
+            };
+            *self = match k {
+                KIND_CELLS => StreamState::Cells(CellSplitter::new()),
+                KIND_FIN => StreamState::Control(Carried::Fin),
+                KIND_DRAINED => StreamState::Control(Carried::Drained),
+                _ => return Err("unknown stream kind"),
+            };
+            data = rest;
+        }
+        match self {
+            StreamState::Cells(s) => s.push(data, blocks, out),
+            StreamState::Control(_) if !data.is_empty() => return Err("control stream too long"),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The stream ended: what it carried, or why its end is an error.
+    pub fn end(&self) -> Result<Carried, &'static str> {
+        match self {
+            StreamState::Unknown => Err("empty stream"),
+            StreamState::Cells(s) if s.has_partial() => Err("stream ended inside a cell"),
+            StreamState::Cells(_) => Ok(Carried::Cells),
+            StreamState::Control(c) => Ok(*c),
+        }
+    }
+}
+
 /// Where a link's received cells go: collected and handed to the node in
 /// one batch.
 pub struct Delivery {
@@ -311,6 +378,29 @@ mod tests {
             assert!(rx.try_recv().is_err(), "no destroys");
             assert_eq!(crx.try_recv_many(&mut Vec::new(), 10), 0);
         }
+    }
+
+    #[test]
+    fn stream_kinds_and_their_errors() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let mut out = Delivery::new(None, tx);
+        let mut blocks = Blocks::new();
+        let mut st = StreamState::default();
+        assert_eq!(st.end(), Err("empty stream"));
+        st.take(&[], &mut blocks, &mut out).unwrap();
+        st.take(&[KIND_FIN], &mut blocks, &mut out).unwrap();
+        assert_eq!(st.end(), Ok(Carried::Fin));
+        assert!(st.take(&[0], &mut blocks, &mut out).is_err());
+        let mut st = StreamState::default();
+        assert!(st.take(&[7], &mut blocks, &mut out).is_err());
+        let mut st = StreamState::default();
+        let c = cell(3, CellCommand::Relay, 1);
+        let mut data = vec![KIND_CELLS];
+        data.extend_from_slice(&c.as_bytes()[..10]);
+        st.take(&data, &mut blocks, &mut out).unwrap();
+        assert_eq!(st.end(), Err("stream ended inside a cell"));
+        st.take(&c.as_bytes()[10..], &mut blocks, &mut out).unwrap();
+        assert_eq!(st.end(), Ok(Carried::Cells));
     }
 
     #[test]

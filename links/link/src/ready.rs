@@ -108,6 +108,65 @@ impl ReadySet {
     }
 }
 
+/// Entries (streams) with a slot number and a waker each, for a task that
+/// reads them through one [`ReadySet`]. Freed slots are reused.
+pub struct Slots<T> {
+    entries: Vec<Option<(T, Waker)>>,
+    free: Vec<usize>,
+    len: usize,
+    ready: ReadySet,
+}
+
+impl<T> Slots<T> {
+    pub fn new(ready: &ReadySet) -> Slots<T> {
+        Slots {
+            entries: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+            ready: ready.clone(),
+        }
+    }
+
+    /// Adds an entry; returns its slot.
+    pub fn insert(&mut self, value: T) -> usize {
+        let i = self.free.pop().unwrap_or(self.entries.len());
+        let entry = Some((value, self.ready.waker(i)));
+        match self.entries.get_mut(i) {
+            Some(e) => *e = entry,
+            None => self.entries.push(entry),
+        }
+        self.len += 1;
+        i
+    }
+
+    /// The entry in `slot` and its waker, if the slot is in use.
+    pub fn get_mut(&mut self, slot: usize) -> Option<(&mut T, &Waker)> {
+        match self.entries.get_mut(slot) {
+            Some(Some((v, w))) => Some((v, w)),
+            _ => None,
+        }
+    }
+
+    /// Frees `slot`.
+    pub fn remove(&mut self, slot: usize) {
+        if let Some(e) = self.entries.get_mut(slot) {
+            if e.take().is_some() {
+                self.free.push(slot);
+                self.len -= 1;
+            }
+        }
+    }
+
+    /// Entries in use.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -137,5 +196,25 @@ mod tests {
         set.mark(8);
         set.take(&mut out).await;
         assert_eq!(out.last(), Some(&8));
+    }
+
+    #[test]
+    fn slots_are_reused_and_their_wakers_list_them() {
+        let set = ReadySet::new();
+        let mut slots = Slots::new(&set);
+        let (a, b) = (slots.insert("a"), slots.insert("b"));
+        assert_eq!((a, b, slots.len()), (0, 1, 2));
+        slots.remove(a);
+        slots.remove(a);
+        assert_eq!(slots.len(), 1);
+        assert!(slots.get_mut(a).is_none());
+        let c = slots.insert("c");
+        assert_eq!(c, a, "freed slot reused");
+        let (v, w) = slots.get_mut(b).unwrap();
+        assert_eq!(*v, "b");
+        w.wake_by_ref();
+        let mut out = Vec::new();
+        set.try_take(&mut out);
+        assert_eq!(out, [b]);
     }
 }

@@ -34,20 +34,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use quinn::{Connection, ConnectionError, SendStream};
 use relay_kernel::Cell;
-use relay_link::batch::{CircuitBatch, Grouper};
+use relay_link::batch::{CircuitBatch, Grouper, KIND_CELLS, KIND_FIN};
 use relay_link::link::CloseCell;
 use relay_link::{CellRx, CloseReason, LinkIo};
 use tokio::sync::mpsc;
 
 use crate::recv::receiver;
-
-/// First byte of a stream of cells.
-pub(crate) const KIND_CELLS: u8 = 0;
-/// First (and only) byte of the stream announcing a graceful close.
-pub(crate) const KIND_FIN: u8 = 1;
-/// First (and only) byte of the stream confirming we read all the peer sent
-/// before its FIN.
-pub(crate) const KIND_DRAINED: u8 = 2;
 
 /// Connection close codes.
 pub(crate) mod code {

@@ -13,17 +13,17 @@
 
 use std::future::Future;
 use std::pin::pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use quinn::{Connection, ReadError, RecvStream};
-use relay_link::batch::{Blocks, CellSplitter, Delivery};
+use relay_link::batch::{Blocks, Carried, Delivery, StreamState, KIND_DRAINED};
 use relay_link::link::CloseCell;
-use relay_link::ready::ReadySet;
+use relay_link::ready::{ReadySet, Slots};
 use relay_link::{CellTx, CloseReason};
 use tokio::sync::mpsc;
 
-use crate::link::{close_reason, code, send_control, KIND_CELLS, KIND_DRAINED, KIND_FIN};
+use crate::link::{close_reason, code, send_control};
 
 /// Cells taken from one stream before the others get a turn.
 const STREAM_TURN: usize = 256;
@@ -31,21 +31,6 @@ const STREAM_TURN: usize = 256;
 const FLUSH_CELLS: usize = 1024;
 /// Chunks taken from quinn per read call.
 const CHUNKS: usize = 32;
-
-/// What a stream carries, once its first byte has arrived.
-enum Kind {
-    /// The kind byte has not arrived yet.
-    Unknown,
-    Cells(CellSplitter),
-    /// `KIND_FIN` or `KIND_DRAINED`: nothing may follow the kind byte.
-    Control(u8),
-}
-
-struct Slot {
-    stream: RecvStream,
-    waker: Waker,
-    kind: Kind,
-}
 
 /// Why reading a stream failed.
 enum Fail {
@@ -58,43 +43,7 @@ enum Fail {
 /// What a read left the stream as.
 enum Step {
     Open,
-    /// Read to its end; the control byte it carried, if any.
-    Finished(Option<u8>),
-}
-
-/// Every open stream of the peer's, by slot.
-struct Streams {
-    slots: Vec<Option<Slot>>,
-    free: Vec<usize>,
-    open: usize,
-    ready: ReadySet,
-}
-
-impl Streams {
-    fn insert(&mut self, stream: RecvStream) -> usize {
-        let i = self.free.pop().unwrap_or(self.slots.len());
-        let slot = Slot {
-            stream,
-            waker: self.ready.waker(i),
-            kind: Kind::Unknown,
-        };
-        if i == self.slots.len() {
-            self.slots.push(Some(slot));
-        } else if let Some(s) = self.slots.get_mut(i) {
-            *s = Some(slot);
-        }
-        self.open += 1;
-        i
-    }
-
-    fn remove(&mut self, i: usize) {
-        if let Some(s) = self.slots.get_mut(i) {
-            if s.take().is_some() {
-                self.free.push(i);
-                self.open -= 1;
-            }
-        }
-    }
+    Finished(Carried),
 }
 
 /// Scratch space shared by all streams' reads.
@@ -112,12 +61,8 @@ pub(crate) async fn receiver(
     closed: CloseCell,
     destroyed: mpsc::UnboundedSender<u32>,
 ) {
-    let mut streams = Streams {
-        slots: Vec::new(),
-        free: Vec::new(),
-        open: 0,
-        ready: ReadySet::new(),
-    };
+    let ready = ReadySet::new();
+    let mut streams: Slots<(RecvStream, StreamState)> = Slots::new(&ready);
     let mut r = Reading {
         chunks: vec![Bytes::new(); CHUNKS],
         blocks: Blocks::new(),
@@ -131,24 +76,26 @@ pub(crate) async fn receiver(
         tokio::select! {
             biased;
             s = conn.accept_uni() => match s {
-                Ok(s) => listed.push(streams.insert(s)),
+                Ok(s) => listed.push(streams.insert((s, StreamState::default()))),
                 Err(e) => break close_reason(&e),
             },
-            () = streams.ready.take(&mut listed) => {}
+            () = ready.take(&mut listed) => {}
         }
-        streams.ready.try_take(&mut listed);
+        ready.try_take(&mut listed);
         for i in listed.drain(..) {
-            let Some(Some(slot)) = streams.slots.get_mut(i) else {
+            let Some(((stream, state), waker)) = streams.get_mut(i) else {
                 continue; // a stale listing of a finished stream
             };
-            match read_slot(slot, &mut r) {
+            // (A Context is not Send: it must not live across the awaits.)
+            let step = read_stream(stream, state, &mut Context::from_waker(waker), &mut r);
+            match step {
                 Ok(Step::Open) => {}
-                Ok(Step::Finished(control)) => {
+                Ok(Step::Finished(carried)) => {
                     streams.remove(i);
-                    match control {
-                        Some(KIND_FIN) => got_fin = true,
-                        Some(KIND_DRAINED) => got_drained = true,
-                        _ => {}
+                    match carried {
+                        Carried::Fin => got_fin = true,
+                        Carried::Drained => got_drained = true,
+                        Carried::Cells => {}
                     }
                 }
                 Err(Fail::Connection(reason)) => break 'link reason,
@@ -162,7 +109,7 @@ pub(crate) async fn receiver(
             }
         }
         r.out.flush().await;
-        if got_fin && !drained && streams.open == 0 {
+        if got_fin && !drained && streams.is_empty() {
             // Every cell stream the peer opened came before its FIN, and all
             // have been read to the end: the node has everything.
             drained = true;
@@ -182,62 +129,41 @@ pub(crate) async fn receiver(
 }
 
 /// Reads what quinn holds for one stream (at most a turn's worth: then the
-/// slot is listed again), registering the slot's waker when it runs dry.
-fn read_slot(slot: &mut Slot, r: &mut Reading) -> Result<Step, Fail> {
-    let waker = slot.waker.clone();
-    let mut cx = Context::from_waker(&waker);
+/// stream is listed again), leaving `cx`'s waker with quinn when it runs
+/// dry.
+fn read_stream(
+    stream: &mut RecvStream,
+    state: &mut StreamState,
+    cx: &mut Context<'_>,
+    r: &mut Reading,
+) -> Result<Step, Fail> {
     let start = r.out.pending();
     loop {
-        let polled = pin!(slot.stream.read_chunks(&mut r.chunks)).poll(&mut cx);
+        let polled = pin!(stream.read_chunks(&mut r.chunks)).poll(cx);
         match polled {
             Poll::Pending => return Ok(Step::Open),
             Poll::Ready(Ok(None)) => {
-                return match &slot.kind {
-                    Kind::Unknown => Err(Fail::Protocol("empty stream".into())),
-                    Kind::Cells(s) if s.has_partial() => {
-                        Err(Fail::Protocol("stream ended inside a cell".into()))
-                    }
-                    Kind::Cells(_) => Ok(Step::Finished(None)),
-                    Kind::Control(k) => Ok(Step::Finished(Some(*k))),
-                };
+                return state
+                    .end()
+                    .map(Step::Finished)
+                    .map_err(|e| Fail::Protocol(e.into()))
             }
             Poll::Ready(Ok(Some(n))) => {
-                for i in 0..n.min(r.chunks.len()) {
-                    let chunk = std::mem::take(&mut r.chunks[i]);
-                    take_chunk(&mut slot.kind, &chunk, r)?;
+                for chunk in r.chunks.iter_mut().take(n) {
+                    let chunk = std::mem::take(chunk);
+                    state
+                        .take(&chunk, &mut r.blocks, &mut r.out)
+                        .map_err(|e| Fail::Protocol(e.into()))?;
                 }
             }
             Poll::Ready(Err(e)) => return Err(read_fail(&e)),
         }
         if r.out.pending() - start >= STREAM_TURN {
             // More may be waiting: come back after the other streams.
-            waker.wake_by_ref();
+            cx.waker().wake_by_ref();
             return Ok(Step::Open);
         }
     }
-}
-
-/// Consumes one chunk of a stream according to its kind.
-fn take_chunk(kind: &mut Kind, mut data: &[u8], r: &mut Reading) -> Result<(), Fail> {
-    if let Kind::Unknown = kind {
-        let Some((&k, rest)) = data.split_first() else {
-            return Ok(());
-        };
-        *kind = match k {
-            KIND_CELLS => Kind::Cells(CellSplitter::new()),
-            KIND_FIN | KIND_DRAINED => Kind::Control(k),
-            _ => return Err(Fail::Protocol("unknown stream kind".into())),
-        };
-        data = rest;
-    }
-    match kind {
-        Kind::Cells(s) => s.push(data, &mut r.blocks, &mut r.out),
-        Kind::Control(_) if !data.is_empty() => {
-            return Err(Fail::Protocol("control stream too long".into()))
-        }
-        _ => {}
-    }
-    Ok(())
 }
 
 fn read_fail(e: &ReadError) -> Fail {

@@ -14,7 +14,7 @@
 //! certificate verifier finds it; each side then learns the id its peer
 //! proved from the verified certificate, through an event subscriber
 //! (module `peer`). The stream layout and the graceful close are in module
-//! `link`; [`Transport::crash`] switches the UDP sockets off (module
+//! `link`, the receiving half in module `recv`; [`Transport::crash`] switches the UDP sockets off (module
 //! `socket`).
 //!
 //! s2n-quic has separate server and client endpoints, so a transport
@@ -30,6 +30,7 @@
 mod cert;
 mod link;
 mod peer;
+mod recv;
 mod socket;
 
 use std::net::SocketAddr;
