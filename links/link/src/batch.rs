@@ -1,9 +1,9 @@
 //! Helpers for link kinds that carry each circuit on its own stream (quic,
 //! s2n).
 //!
-//! Sending: the node's queued cells are grouped by circuit into one buffer,
-//! so each circuit's cells of a batch become one contiguous write to its
-//! stream ([`Grouper`]). One write per circuit per batch instead of one per
+//! Sending: the node's queued cells are grouped by circuit into shared
+//! buffers, so each circuit's cells of a batch become one contiguous write
+//! to its stream ([`Grouper`]). One write per circuit per batch instead of one per
 //! cell matters twice over: each write takes the QUIC connection's lock and
 //! wakes its driver, and the QUIC stacks keep unacknowledged data as a list
 //! of the chunks written (quinn walks that list to find what to send), so
@@ -30,9 +30,9 @@ use crate::CellTx;
 pub struct CircuitBatch {
     /// The circuit id.
     pub circ: u32,
-    /// The cells, a slice of the batch's one buffer.
+    /// The cells, a slice of a shared send buffer.
     pub bytes: Bytes,
-    /// The batch ends with a DESTROY: the circuit's stream can be finished.
+    /// These cells end with a DESTROY: the circuit's stream can be finished.
     pub last: bool,
 }
 
@@ -50,6 +50,8 @@ pub struct Grouper {
     next: Vec<usize>,
     /// Cell indices in buffer order.
     order: Vec<usize>,
+    /// What is left of the current send buffer.
+    buf: BytesMut,
 }
 
 impl Grouper {
@@ -60,7 +62,8 @@ impl Grouper {
     /// Appends `cells` (taken from the node's queue, in order, and drained
     /// here) to `out` as one batch per circuit, in order of first
     /// appearance; a circuit that was destroyed and reused within the batch
-    /// starts a new group. All groups share one allocation.
+    /// starts a new group. A circuit's cells are contiguous, in one slice
+    /// or (past a buffer's end) several consecutive ones.
     pub fn group(&mut self, cells: &mut Vec<Cell>, out: &mut Vec<CircuitBatch>) {
         self.open.clear();
         self.groups.clear();
@@ -92,24 +95,39 @@ impl Grouper {
             self.order[self.next[g]] = i;
             self.next[g] += 1;
         }
-        let mut buf = BytesMut::with_capacity(cells.len() * CELL_LEN);
-        for &i in &self.order {
-            buf.extend_from_slice(cells[i].as_bytes());
+        // Each group's cells are copied into shared buffers of
+        // BUFFER_CELLS; a group that does not fit in what is left of one
+        // continues in the next, as another slice of the same circuit.
+        let mut order = self.order.iter();
+        for &(circ, n, last) in &self.groups {
+            let mut left = n;
+            while left > 0 {
+                if self.buf.capacity() - self.buf.len() < CELL_LEN {
+                    self.buf = BytesMut::with_capacity(BUFFER_CELLS * CELL_LEN);
+                }
+                let fit = ((self.buf.capacity() - self.buf.len()) / CELL_LEN).min(left);
+                for &i in order.by_ref().take(fit) {
+                    if let Some(c) = cells.get(i) {
+                        self.buf.extend_from_slice(c.as_bytes());
+                    }
+                }
+                left -= fit;
+                out.push(CircuitBatch {
+                    circ,
+                    bytes: self.buf.split().freeze(),
+                    last: last && left == 0,
+                });
+            }
         }
         cells.clear();
-        let buf = buf.freeze();
-        let mut start = 0;
-        for &(circ, n, last) in &self.groups {
-            let end = start + n * CELL_LEN;
-            out.push(CircuitBatch {
-                circ,
-                bytes: buf.slice(start..end),
-                last,
-            });
-            start = end;
-        }
     }
 }
+
+/// Cells per send buffer. A slice keeps its whole buffer alive until the
+/// QUIC stack has the slice acknowledged, so one buffer per batch (up to
+/// 514 KB) would let a slow circuit's one-cell slice pin half a megabyte;
+/// buffers as small as the receive blocks bound that.
+const BUFFER_CELLS: usize = 64;
 
 /// Cells per receive block: as many as a tcp link frame carries.
 pub const BLOCK_CELLS: usize = 64;
@@ -350,6 +368,37 @@ mod tests {
         g.group(&mut cells, &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!((out[0].circ, out[0].bytes.len()), (7, CELL_LEN));
+    }
+
+    #[test]
+    fn a_long_group_continues_in_the_next_buffer() {
+        let mut cells: Vec<Cell> = (0..150u32)
+            .map(|i| cell(5, CellCommand::Relay, i as u8))
+            .collect();
+        cells.push(cell(5, CellCommand::Destroy, 150));
+        cells.push(cell(6, CellCommand::Relay, 151));
+        let mut g = Grouper::new();
+        let mut out = Vec::new();
+        g.group(&mut cells, &mut out);
+        let sizes: Vec<(u32, usize, bool)> = out
+            .iter()
+            .map(|b| (b.circ, b.bytes.len() / CELL_LEN, b.last))
+            .collect();
+        assert_eq!(
+            sizes,
+            [
+                (5, BUFFER_CELLS, false),
+                (5, BUFFER_CELLS, false),
+                (5, 151 - 2 * BUFFER_CELLS, true),
+                (6, 1, false)
+            ]
+        );
+        let marks: Vec<u8> = out
+            .iter()
+            .filter(|b| b.circ == 5)
+            .flat_map(|b| b.bytes.chunks(CELL_LEN).map(|c| c[CELL_LEN - 1]))
+            .collect();
+        assert_eq!(marks, (0..=150u8).collect::<Vec<_>>(), "order kept");
     }
 
     #[test]
