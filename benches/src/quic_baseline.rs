@@ -6,9 +6,14 @@
 //! Each baseline is one connection on 127.0.0.1 carrying one stream of
 //! large writes (1 MiB `Bytes` chunks, nothing copied by the writer) and a
 //! reader that takes whole chunks, with the library's default transport
-//! settings, TLS 1.3 with rustls' ring provider (what our links use) and
-//! a self-signed certificate that the client does not check (the handshake
-//! is not timed). Gbit/s counts stream bytes. Included by linkbench with
+//! settings; and the same with as many streams as linkbench has circuits
+//! (at most 100, the libraries' default stream limit; one writer taking the
+//! streams in turn with 1 MiB / streams per write, a reader task per
+//! stream: plain use of the library), which shows what one stream per
+//! circuit costs the library itself. All use TLS 1.3 with rustls' ring
+//! provider (what our links use) and a self-signed certificate that the
+//! client does not check (the handshake is not timed). Gbit/s counts
+//! stream bytes. Included by linkbench with
 //! `#[path]` (a file under `src/bin/` would be a binary of its own).
 
 use std::net::SocketAddr;
@@ -30,6 +35,8 @@ const CHUNK: usize = 1 << 20;
 /// Kernel socket buffers, as our links ask for.
 const SOCKET_BUFFER: usize = 4 << 20;
 const ALPN: &[u8] = b"linkbench";
+/// Both libraries let a peer open 100 streams by default.
+const MAX_STREAMS: usize = 100;
 
 /// A client-side verifier that accepts any certificate but still checks
 /// the handshake signature (as quinn's perf client does).
@@ -108,19 +115,28 @@ fn udp_socket() -> std::net::UdpSocket {
     relay_link::udp::bind_udp("127.0.0.1:0".parse().unwrap(), SOCKET_BUFFER).unwrap()
 }
 
-/// `total` bytes as 1 MiB chunks sharing one buffer.
-fn chunks(total: u64) -> impl Iterator<Item = Bytes> {
-    let data = Bytes::from(vec![0x5au8; CHUNK]);
+/// `total` bytes as chunks of `size` sharing one buffer.
+fn chunks(total: u64, size: usize) -> impl Iterator<Item = Bytes> {
+    let data = Bytes::from(vec![0x5au8; size]);
     let mut left = total;
     std::iter::from_fn(move || {
-        let n = left.min(CHUNK as u64) as usize;
+        let n = left.min(size as u64) as usize;
         left -= n as u64;
         (n > 0).then(|| data.slice(..n))
     })
 }
 
+/// The row's name.
+fn name(lib: &str, streams: usize) -> String {
+    match streams {
+        1 => format!("raw {lib}, 1 stream, TLS"),
+        n => format!("raw {lib}, {n} streams, TLS"),
+    }
+}
+
 /// quinn with its default transport config (GSO/GRO and MTU discovery on).
-pub async fn raw_quinn(mb: u64) -> Row {
+pub async fn raw_quinn(mb: u64, streams: usize) -> Row {
+    let streams = streams.clamp(1, MAX_STREAMS);
     use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
     let (server_tls, client_tls) = tls_configs();
     let server_cfg =
@@ -152,20 +168,34 @@ pub async fn raw_quinn(mb: u64) -> Row {
     let cpu0 = cpu_seconds();
     let start = Instant::now();
     let writer = tokio::spawn(async move {
-        let mut s = dialled.open_uni().await.unwrap();
-        for c in chunks(total) {
-            s.write_chunk(c).await.unwrap();
+        let mut out = Vec::new();
+        for _ in 0..streams {
+            out.push(dialled.open_uni().await.unwrap());
         }
-        s.finish().unwrap();
-        let _ = s.stopped().await;
+        for (i, c) in chunks(total, CHUNK / streams).enumerate() {
+            out[i % streams].write_chunk(c).await.unwrap();
+        }
+        for s in &mut out {
+            s.finish().unwrap();
+        }
+        for s in &mut out {
+            let _ = s.stopped().await;
+        }
         dialled
     });
-    let mut r = accepted.accept_uni().await.unwrap();
-    let mut bufs = vec![Bytes::new(); 32];
-    let mut got = 0u64;
-    while let Some(n) = r.read_chunks(&mut bufs).await.unwrap() {
-        got += bufs[..n].iter().map(|b| b.len() as u64).sum::<u64>();
+    let mut readers = tokio::task::JoinSet::new();
+    for _ in 0..streams {
+        let mut r = accepted.accept_uni().await.unwrap();
+        readers.spawn(async move {
+            let mut bufs = vec![Bytes::new(); 32];
+            let mut got = 0u64;
+            while let Some(n) = r.read_chunks(&mut bufs).await.unwrap() {
+                got += bufs[..n].iter().map(|b| b.len() as u64).sum::<u64>();
+            }
+            got
+        });
     }
+    let got: u64 = readers.join_all().await.iter().sum();
     let wall = start.elapsed();
     let cpu = cpu_seconds() - cpu0;
     assert_eq!(got, total, "raw quinn lost bytes");
@@ -173,7 +203,7 @@ pub async fn raw_quinn(mb: u64) -> Row {
     dialled.close(0u32.into(), b"done");
     accepted.close(0u32.into(), b"done");
     Row {
-        name: "raw quinn, 1 stream, TLS".into(),
+        name: name("quinn", streams),
         payload_bytes: got,
         wall,
         cpu,
@@ -181,7 +211,8 @@ pub async fn raw_quinn(mb: u64) -> Row {
 }
 
 /// s2n-quic with its rustls provider and default limits (GSO on).
-pub async fn raw_s2n(mb: u64) -> Row {
+pub async fn raw_s2n(mb: u64, streams: usize) -> Row {
+    let streams = streams.clamp(1, MAX_STREAMS);
     use s2n_quic::client::Connect;
     use s2n_quic::provider::tls::rustls as s2n_rustls;
     let (server_tls, client_tls) = tls_configs();
@@ -224,34 +255,45 @@ pub async fn raw_s2n(mb: u64) -> Row {
     let cpu0 = cpu_seconds();
     let start = Instant::now();
     let writer = tokio::spawn(async move {
-        let mut s = dialled.open_send_stream().await.unwrap();
-        for c in chunks(total) {
-            s.send(c).await.unwrap();
+        let mut out = Vec::new();
+        for _ in 0..streams {
+            out.push(dialled.open_send_stream().await.unwrap());
         }
-        s.close().await.unwrap();
+        for (i, c) in chunks(total, CHUNK / streams).enumerate() {
+            out[i % streams].send(c).await.unwrap();
+        }
+        for s in &mut out {
+            s.close().await.unwrap();
+        }
         dialled
     });
-    let mut r = accepted.accept_receive_stream().await.unwrap().unwrap();
-    let mut bufs = vec![Bytes::new(); 32];
-    let mut got = 0u64;
-    loop {
-        let (n, open) = r.receive_vectored(&mut bufs).await.unwrap();
-        // s2n-quic fills only empty slots: take the chunks out.
-        got += bufs[..n]
-            .iter_mut()
-            .map(|b| std::mem::take(b).len() as u64)
-            .sum::<u64>();
-        if !open {
-            break;
-        }
+    let mut readers = tokio::task::JoinSet::new();
+    for _ in 0..streams {
+        let mut r = accepted.accept_receive_stream().await.unwrap().unwrap();
+        readers.spawn(async move {
+            let mut bufs = vec![Bytes::new(); 32];
+            let mut got = 0u64;
+            loop {
+                let (n, open) = r.receive_vectored(&mut bufs).await.unwrap();
+                // s2n-quic fills only empty slots: take the chunks out.
+                got += bufs[..n]
+                    .iter_mut()
+                    .map(|b| std::mem::take(b).len() as u64)
+                    .sum::<u64>();
+                if !open {
+                    break got;
+                }
+            }
+        });
     }
+    let got: u64 = readers.join_all().await.iter().sum();
     let wall = start.elapsed();
     let cpu = cpu_seconds() - cpu0;
     assert_eq!(got, total, "raw s2n-quic lost bytes");
     let _dialled = writer.await.unwrap();
     drop(accepted);
     Row {
-        name: "raw s2n-quic, 1 stream, TLS".into(),
+        name: name("s2n-quic", streams),
         payload_bytes: got,
         wall,
         cpu,

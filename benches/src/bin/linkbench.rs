@@ -282,7 +282,10 @@ fn main() {
             link_run("udt link", a, b, mb, circuits).await.print();
         }
         if run("quic-raw") {
-            quic_baseline::raw_quinn(mb).await.print();
+            quic_baseline::raw_quinn(mb, 1).await.print();
+            if circuits > 1 {
+                quic_baseline::raw_quinn(mb, circuits as usize).await.print();
+            }
         }
         if run("quic-link") {
             let a: Arc<dyn Transport> = Arc::new(relay_link_quic::QuicTransport::bind(any, &ia, cfg).await.unwrap());
@@ -290,7 +293,10 @@ fn main() {
             link_run("quic link (quinn)", a, b, mb, circuits).await.print();
         }
         if run("s2n-raw") {
-            quic_baseline::raw_s2n(mb).await.print();
+            quic_baseline::raw_s2n(mb, 1).await.print();
+            if circuits > 1 {
+                quic_baseline::raw_s2n(mb, circuits as usize).await.print();
+            }
         }
         if run("s2n-link") {
             let a: Arc<dyn Transport> = Arc::new(relay_link_s2n::S2nTransport::bind(any, &ia, cfg).await.unwrap());
