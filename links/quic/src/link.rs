@@ -138,6 +138,9 @@ async fn writer(
                 return;
             }
         }
+        // The node queue does not count against tokio's cooperative
+        // budget: with cells always queued, yield now and then.
+        tokio::task::coop::consume_budget().await;
         if close {
             close_gracefully(&conn, &closed, streams).await;
             return;

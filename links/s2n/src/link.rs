@@ -195,6 +195,9 @@ async fn writer(
                 return;
             }
         }
+        // The node queue does not count against tokio's cooperative
+        // budget: with cells always queued, yield now and then.
+        tokio::task::coop::consume_budget().await;
         if close {
             close_gracefully(&conn, &closed, streams, ended).await;
             return;

@@ -117,6 +117,10 @@ pub(crate) async fn receiver(
             }
         }
         r.out.flush().await;
+        // Neither the ready set nor the node queue counts against tokio's
+        // cooperative budget, and with data always waiting this loop would
+        // never yield: give the connection's own tasks their turn.
+        tokio::task::coop::consume_budget().await;
         if got_fin && !drained && streams.is_empty() {
             // Every cell stream the peer opened came before its FIN, and all
             // have been read to the end: the node has everything.
