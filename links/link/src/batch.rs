@@ -3,11 +3,11 @@
 //!
 //! Sending: the node's queued cells are grouped by circuit into shared
 //! buffers, so each circuit's cells of a batch become one contiguous write
-//! to its stream ([`Grouper`]). One write per circuit per batch instead of one per
-//! cell matters twice over: each write takes the QUIC connection's lock and
-//! wakes its driver, and the QUIC stacks keep unacknowledged data as a list
-//! of the chunks written (quinn walks that list to find what to send), so
-//! fewer, larger chunks are cheaper all the way down.
+//! to its stream ([`Grouper`]). One write per circuit per batch instead of
+//! one per cell matters twice over: each write takes the QUIC connection's
+//! lock and wakes its driver, and the QUIC stacks keep unacknowledged data
+//! as a list of the chunks written (quinn walks that list to find what to
+//! send), so fewer, larger chunks are cheaper all the way down.
 //!
 //! Receiving: stream bytes are cut into cells by a per-stream
 //! [`CellSplitter`] that copies them into shared blocks of [`BLOCK_CELLS`]
@@ -46,7 +46,7 @@ pub struct Grouper {
     groups: Vec<(u32, usize, bool)>,
     /// Group of each cell.
     group_of: Vec<usize>,
-    /// Where each group's next cell goes, in cells from the buffer start.
+    /// Where each group's next cell goes in `order`.
     next: Vec<usize>,
     /// Cell indices in buffer order.
     order: Vec<usize>,

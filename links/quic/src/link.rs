@@ -1,4 +1,5 @@
-//! One QUIC connection carrying one link: the tasks behind the channels.
+//! One QUIC connection carrying one link: the tasks behind the channels
+//! (the writer here, the receiver in module `recv`).
 //!
 //! Each circuit gets its own unidirectional stream in each direction, opened
 //! by the sender the first time it sends a cell of that circuit. QUIC keeps
@@ -56,8 +57,9 @@ pub(crate) mod code {
 
 /// Most cells the writer takes from the node at once: what is queued, up
 /// to this. Larger batches mean larger writes per circuit (one chunk per
-/// circuit per batch in quinn's send buffer) and fewer wake-ups of the
-/// connection driver; 1024 cells are 514 KB, a fraction of the send window.
+/// circuit per batch, or per 64-cell send buffer, in quinn's send buffer)
+/// and fewer wake-ups of the connection driver; 1024 cells are 514 KB, a
+/// fraction of the send window.
 const BATCH_CELLS: usize = 1024;
 /// How long a closing link waits for the peer to read everything.
 const CLOSE_LINGER: Duration = Duration::from_secs(60);

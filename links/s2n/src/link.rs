@@ -1,4 +1,5 @@
-//! One QUIC connection carrying one link: the tasks behind the channels.
+//! One QUIC connection carrying one link: the tasks behind the channels
+//! (the writer here, the receiver in module `recv`).
 //!
 //! Each circuit gets its own unidirectional stream in each direction, opened
 //! by the sender the first time it sends a cell of that circuit. QUIC keeps
