@@ -176,3 +176,75 @@ fn read_fail(e: &ReadError) -> Fail {
         other => Fail::Protocol(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::Duration;
+
+    use relay_kernel::{Cell, CellCommand, CELL_LEN};
+    use relay_link::batch::{KIND_CELLS, KIND_FIN};
+    use relay_link::{Identity, LinkConfig, Transport};
+    use tokio::time::timeout;
+
+    use crate::link::code;
+    use crate::QuicTransport;
+
+    async fn bind(seed: u8) -> QuicTransport {
+        let id = Identity::from_secret([seed; 32]);
+        QuicTransport::bind("127.0.0.1:0".parse().unwrap(), &id, LinkConfig::default())
+            .await
+            .unwrap()
+    }
+
+    /// A peer that breaks the stream protocol loses its link (the
+    /// connection is closed with PROTOCOL, the node sees an error), and the
+    /// node's other links go on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broken_stream_closes_only_its_link() {
+        let (a, b) = (bind(1).await, bind(2).await);
+        let id_b = Identity::from_secret([2; 32]).node_id();
+        let (la, lb) = tokio::join!(a.connect(b.local_addr(), id_b), b.accept());
+        let (la, mut lb) = (la.unwrap(), lb.unwrap());
+        let good = Cell::new(0x8000_0001, CellCommand::Relay);
+        let mut cut = vec![KIND_CELLS];
+        cut.extend_from_slice(&good.as_bytes()[..CELL_LEN - 1]);
+        let bad_streams: [&[u8]; 4] = [&[7], &cut, &[KIND_FIN, 0], &[]];
+        for bad in bad_streams {
+            // A raw quinn connection with a's identity, accepted by b as
+            // another link.
+            let (client, _) = a.client_config(id_b).unwrap();
+            let conn = a
+                .endpoint
+                .connect_with(client, b.local_addr(), crate::SERVER_NAME)
+                .unwrap()
+                .await
+                .unwrap();
+            let mut lbad = b.accept().await.unwrap();
+            let mut s = conn.open_uni().await.unwrap();
+            s.write_all(bad).await.unwrap();
+            s.finish().unwrap();
+            let end = timeout(Duration::from_secs(5), lbad.rx.recv()).await;
+            assert!(end.unwrap().is_none(), "{bad:?}: no cell, then the end");
+            assert!(
+                matches!(
+                    lbad.rx.close_reason(),
+                    Some(relay_link::CloseReason::Error(_))
+                ),
+                "{bad:?}: {:?}",
+                lbad.rx.close_reason()
+            );
+            let e = timeout(Duration::from_secs(5), conn.closed())
+                .await
+                .unwrap();
+            assert!(
+                matches!(&e, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == code::PROTOCOL),
+                "{bad:?}: {e:?}"
+            );
+        }
+        la.tx.send(good).await.unwrap();
+        let got = timeout(Duration::from_secs(5), lb.rx.recv()).await.unwrap();
+        assert_eq!(got.unwrap().raw_circ_id(), 0x8000_0001);
+    }
+}
