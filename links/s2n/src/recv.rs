@@ -189,3 +189,78 @@ fn read_fail(e: s2n_quic::stream::Error) -> Fail {
         None => Fail::Protocol(e.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use relay_kernel::{Cell, CellCommand, CELL_LEN};
+    use relay_link::batch::{KIND_CELLS, KIND_FIN};
+    use relay_link::{Identity, LinkConfig, Transport};
+    use s2n_quic::client::Connect;
+    use tokio::time::timeout;
+
+    use crate::S2nTransport;
+
+    async fn bind(seed: u8) -> S2nTransport {
+        let id = Identity::from_secret([seed; 32]);
+        S2nTransport::bind("127.0.0.1:0".parse().unwrap(), &id, LinkConfig::default())
+            .await
+            .unwrap()
+    }
+
+    /// A peer that breaks the stream protocol loses its link (the node sees
+    /// an error and the connection is closed), and the node's other links
+    /// go on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broken_stream_closes_only_its_link() {
+        let (a, b) = (bind(1).await, bind(2).await);
+        let id_b = Identity::from_secret([2; 32]).node_id();
+        let (la, lb) = tokio::join!(a.connect(b.local_addr(), id_b), b.accept());
+        let (la, mut lb) = (la.unwrap(), lb.unwrap());
+        let good = Cell::new(0x8000_0001, CellCommand::Relay);
+        let mut cut = vec![KIND_CELLS];
+        cut.extend_from_slice(&good.as_bytes()[..CELL_LEN - 1]);
+        let bad_streams: [&[u8]; 3] = [&[7], &cut, &[KIND_FIN, 0]];
+        for (i, bad) in bad_streams.into_iter().enumerate() {
+            // A raw s2n-quic connection with a's identity, accepted by b as
+            // another link.
+            let name = crate::cert::dial_name(id_b, 1000 + i as u64);
+            let mut conn = a
+                .client
+                .connect(Connect::new(b.local_addr()).with_server_name(name.as_str()))
+                .await
+                .unwrap();
+            let mut lbad = b.accept().await.unwrap();
+            let mut s = conn.open_send_stream().await.unwrap();
+            s.send(Bytes::copy_from_slice(bad)).await.unwrap();
+            s.finish().unwrap();
+            let end = timeout(Duration::from_secs(5), lbad.rx.recv()).await;
+            assert!(end.unwrap().is_none(), "{bad:?}: no cell, then the end");
+            assert!(
+                matches!(
+                    lbad.rx.close_reason(),
+                    Some(relay_link::CloseReason::Error(_))
+                ),
+                "{bad:?}: {:?}",
+                lbad.rx.close_reason()
+            );
+            // The connection is closed: its streams fail.
+            let closed = timeout(Duration::from_secs(5), async {
+                loop {
+                    if conn.open_send_stream().await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+            assert!(closed.await.is_ok(), "{bad:?}: connection still open");
+        }
+        la.tx.send(good).await.unwrap();
+        let got = timeout(Duration::from_secs(5), lb.rx.recv()).await.unwrap();
+        assert_eq!(got.unwrap().raw_circ_id(), 0x8000_0001);
+    }
+}
