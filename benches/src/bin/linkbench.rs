@@ -1,6 +1,7 @@
 //! linkbench: every link kind on 127.0.0.1 in one run, beside raw UDP and
-//! raw TCP baselines, reporting cell-payload throughput and CPU seconds per
-//! GB (both ends together, this process's user + system time).
+//! raw TCP baselines and raw quinn and s2n-quic (module `quic_baseline`),
+//! reporting cell-payload throughput and CPU seconds per GB (both ends
+//! together, this process's user + system time).
 //!
 //! `cargo run --release -p relay-benches --bin linkbench -- [MB] [CIRCUITS]`
 //! (default 300 MB per link kind over 64 circuits).
@@ -14,6 +15,9 @@ use std::time::{Duration, Instant};
 use relay_kernel::{Cell, CellCommand, BODY_LEN, CELL_LEN};
 use relay_link::{Identity, LinkConfig, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[path = "../quic_baseline.rs"]
+mod quic_baseline;
 
 fn cpu_seconds() -> f64 {
     let mut u: libc::rusage = unsafe_rusage();
@@ -258,9 +262,10 @@ fn main() {
         println!("| {:<36} | Gbit/s   | CPU s/GB  | secs   |", "kind");
         println!("|---|---:|---:|---:|");
         // LINKBENCH_ONLY=quic (or udt, tcp, s2n, raw) runs one row group,
-        // e.g. under a profiler.
+        // e.g. under a profiler; quic-link or quic-raw (s2n-link, s2n-raw)
+        // one row of a group.
         let only = std::env::var("LINKBENCH_ONLY").ok();
-        let run = |k: &str| only.as_deref().is_none_or(|o| o == k);
+        let run = |k: &str| only.as_deref().is_none_or(|o| o == k || k.split('-').next() == Some(o));
         if run("raw") {
             raw_udp(mb, 1).await.print();
             raw_udp(mb, 32).await.print();
@@ -276,12 +281,24 @@ fn main() {
             let b: Arc<dyn Transport> = Arc::new(relay_link_udt::UdtTransport::bind(any, &ib, cfg).await.unwrap());
             link_run("udt link", a, b, mb, circuits).await.print();
         }
-        if run("quic") {
+        if run("quic-raw") {
+            quic_baseline::raw_quinn(mb, 1).await.print();
+            if circuits > 1 {
+                quic_baseline::raw_quinn(mb, circuits as usize).await.print();
+            }
+        }
+        if run("quic-link") {
             let a: Arc<dyn Transport> = Arc::new(relay_link_quic::QuicTransport::bind(any, &ia, cfg).await.unwrap());
             let b: Arc<dyn Transport> = Arc::new(relay_link_quic::QuicTransport::bind(any, &ib, cfg).await.unwrap());
             link_run("quic link (quinn)", a, b, mb, circuits).await.print();
         }
-        if run("s2n") {
+        if run("s2n-raw") {
+            quic_baseline::raw_s2n(mb, 1).await.print();
+            if circuits > 1 {
+                quic_baseline::raw_s2n(mb, circuits as usize).await.print();
+            }
+        }
+        if run("s2n-link") {
             let a: Arc<dyn Transport> = Arc::new(relay_link_s2n::S2nTransport::bind(any, &ia, cfg).await.unwrap());
             let b: Arc<dyn Transport> = Arc::new(relay_link_s2n::S2nTransport::bind(any, &ib, cfg).await.unwrap());
             link_run("s2n link (s2n-quic)", a, b, mb, circuits).await.print();

@@ -15,6 +15,7 @@ pub mod handshake;
 pub mod identity;
 pub mod link;
 pub mod queue;
+pub mod ready;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod transport;

@@ -10,13 +10,15 @@
 //! TLS, and two handshakes would only cost a round trip): each node's
 //! certificate is self-signed with its Ed25519 identity key, and both ends
 //! check the key's hash is the peer's node id (module `cert`). The stream
-//! layout and the graceful close are in module `link`; [`Transport::crash`]
+//! layout and the graceful close are in module `link`, the receiving half
+//! in module `recv`; [`Transport::crash`]
 //! works by switching the UDP socket off (module `socket`).
 //!
 //! Listening and dialling share one quinn endpoint (one UDP port).
 
 mod cert;
 mod link;
+mod recv;
 mod socket;
 
 use std::net::SocketAddr;

@@ -1,4 +1,5 @@
-//! One QUIC connection carrying one link: the tasks behind the channels.
+//! One QUIC connection carrying one link: the tasks behind the channels
+//! (the writer here, the receiver in module `recv`).
 //!
 //! Each circuit gets its own unidirectional stream in each direction, opened
 //! by the sender the first time it sends a cell of that circuit. QUIC keeps
@@ -31,22 +32,15 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use quinn::{Connection, ConnectionError, RecvStream, SendStream};
-use relay_kernel::{Cell, CELL_LEN};
-use relay_link::batch::{group_by_circuit, CircuitBatch, Delivery};
+use bytes::Bytes;
+use quinn::{Connection, ConnectionError, SendStream};
+use relay_kernel::Cell;
+use relay_link::batch::{CircuitBatch, Grouper, KIND_CELLS, KIND_FIN};
 use relay_link::link::CloseCell;
-use relay_link::{CellRx, CellTx, CloseReason, LinkIo};
+use relay_link::{CellRx, CloseReason, LinkIo};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 
-/// First byte of a stream of cells.
-const KIND_CELLS: u8 = 0;
-/// First (and only) byte of the stream announcing a graceful close.
-const KIND_FIN: u8 = 1;
-/// First (and only) byte of the stream confirming we read all the peer sent
-/// before its FIN.
-const KIND_DRAINED: u8 = 2;
+use crate::recv::receiver;
 
 /// Connection close codes.
 pub(crate) mod code {
@@ -61,10 +55,12 @@ pub(crate) mod code {
     pub(crate) const CLOSE_TIMEOUT: VarInt = VarInt::from_u32(4);
 }
 
-/// Cells the writer takes from the node before writing them out.
-const BATCH_CELLS: usize = 128;
-/// Most bytes taken from a stream per read.
-const READ_CHUNK: usize = 64 * CELL_LEN;
+/// Most cells the writer takes from the node at once: what is queued, up
+/// to this. Larger batches mean larger writes per circuit (one chunk per
+/// circuit per batch, or per 64-cell send buffer, in quinn's send buffer)
+/// and fewer wake-ups of the connection driver; 1024 cells are 514 KB, a
+/// fraction of the send window.
+const BATCH_CELLS: usize = 1024;
 /// How long a closing link waits for the peer to read everything.
 const CLOSE_LINGER: Duration = Duration::from_secs(60);
 
@@ -104,7 +100,7 @@ pub(crate) fn spawn(conn: Connection, io: LinkIo) -> [tokio::task::JoinHandle<()
 }
 
 /// Opens a stream carrying one control byte, and finishes it.
-async fn send_control(conn: &Connection, kind: u8) -> Result<(), String> {
+pub(crate) async fn send_control(conn: &Connection, kind: u8) -> Result<(), String> {
     let mut s = conn.open_uni().await.map_err(|e| e.to_string())?;
     s.write_all(&[kind]).await.map_err(|e| e.to_string())?;
     s.finish().map_err(|e| e.to_string())
@@ -118,6 +114,7 @@ async fn writer(
     mut destroyed: mpsc::UnboundedReceiver<u32>,
 ) {
     let mut streams: HashMap<u32, SendStream> = HashMap::new();
+    let mut grouper = Grouper::new();
     let mut groups: Vec<CircuitBatch> = Vec::new();
     let mut cells: Vec<Cell> = Vec::with_capacity(BATCH_CELLS);
     loop {
@@ -136,13 +133,16 @@ async fn writer(
         // 0: the node closed or dropped the link: close gracefully.
         let close = n == 0;
         groups.clear();
-        group_by_circuit(&mut cells, &mut groups);
+        grouper.group(&mut cells, &mut groups);
         for g in groups.drain(..) {
             if let Err(e) = write_group(&conn, &mut streams, &mut destroyed, g).await {
                 fail(&conn, &closed, e);
                 return;
             }
         }
+        // The node queue does not count against tokio's cooperative
+        // budget: with cells always queued, yield now and then.
+        tokio::task::coop::consume_budget().await;
         if close {
             close_gracefully(&conn, &closed, streams).await;
             return;
@@ -177,17 +177,22 @@ async fn write_group(
                 s = &mut open => break s.map_err(|e| e.to_string())?,
             }
         };
-        s.write_all(&[KIND_CELLS])
+        // The kind byte goes out with the first cells, in one call.
+        let mut first = [Bytes::from_static(&[KIND_CELLS]), g.bytes];
+        s.write_all_chunks(&mut first)
             .await
             .map_err(|e| e.to_string())?;
-        streams.insert(g.circ, s);
+        if g.last {
+            let _ = s.finish();
+        } else {
+            streams.insert(g.circ, s);
+        }
+        return Ok(());
     }
     let s = streams
         .get_mut(&g.circ)
         .ok_or_else(|| String::from("stream vanished"))?;
-    s.write_chunk(g.bytes.freeze())
-        .await
-        .map_err(|e| e.to_string())?;
+    s.write_chunk(g.bytes).await.map_err(|e| e.to_string())?;
     if g.last {
         if let Some(mut s) = streams.remove(&g.circ) {
             let _ = s.finish();
@@ -229,124 +234,4 @@ async fn close_gracefully(
     {
         conn.close(code::CLOSE_TIMEOUT, b"close not completed");
     }
-}
-
-/// What a finished stream carried.
-enum Carried {
-    Cells,
-    Fin,
-    Drained,
-}
-
-/// Accepts the peer's streams, runs a reader for each, and ends the link
-/// when the connection closes or the peer's graceful close completes.
-async fn receiver(
-    conn: Connection,
-    incoming: CellTx,
-    closed: CloseCell,
-    destroyed: mpsc::UnboundedSender<u32>,
-) {
-    let mut incoming = Some(incoming);
-    let mut readers: JoinSet<Result<Carried, String>> = JoinSet::new();
-    let (mut got_fin, mut drained, mut got_drained) = (false, false, false);
-    let reason = loop {
-        tokio::select! {
-            s = conn.accept_uni() => match s {
-                Ok(s) => {
-                    readers.spawn(read_stream(s, incoming.clone(), destroyed.clone()));
-                }
-                Err(e) => break close_reason(&e),
-            },
-            Some(done) = readers.join_next() => match done {
-                Ok(Ok(Carried::Cells)) => {}
-                Ok(Ok(Carried::Fin)) => got_fin = true,
-                Ok(Ok(Carried::Drained)) => got_drained = true,
-                Ok(Err(e)) => {
-                    if let Some(r) = conn.close_reason() {
-                        break close_reason(&r);
-                    }
-                    conn.close(code::PROTOCOL, b"bad stream");
-                    break CloseReason::Error(e);
-                }
-                Err(_) => {
-                    conn.close(code::PROTOCOL, b"internal error");
-                    break CloseReason::Error("stream reader failed".into());
-                }
-            },
-        }
-        if got_fin && !drained && readers.is_empty() {
-            // Every cell stream the peer opened came before its FIN, and all
-            // have been read to the end: the node has everything.
-            drained = true;
-            closed.set(CloseReason::Peer);
-            incoming = None;
-            if let Err(e) = send_control(&conn, KIND_DRAINED).await {
-                break CloseReason::Error(e);
-            }
-        }
-        if drained && got_drained {
-            // Both directions are closed and read: nothing is in flight.
-            conn.close(code::DONE, b"");
-            break CloseReason::Peer;
-        }
-    };
-    closed.set(reason);
-    // Readers still running hold senders; stop them so the node sees the end.
-    readers.abort_all();
-}
-
-/// Reads one stream to its end. Cells go to the node (or nowhere once the
-/// node stopped listening, so the peer is never blocked by flow control).
-async fn read_stream(
-    mut s: RecvStream,
-    incoming: Option<CellTx>,
-    destroyed: mpsc::UnboundedSender<u32>,
-) -> Result<Carried, String> {
-    let mut kind = [0u8; 1];
-    s.read_exact(&mut kind).await.map_err(|e| e.to_string())?;
-    match kind[0] {
-        KIND_CELLS => {}
-        KIND_FIN | KIND_DRAINED => {
-            // A control stream is its kind byte alone.
-            s.read_to_end(0).await.map_err(|e| e.to_string())?;
-            return Ok(if kind[0] == KIND_FIN {
-                Carried::Fin
-            } else {
-                Carried::Drained
-            });
-        }
-        _ => return Err("unknown stream kind".into()),
-    }
-    let mut out = Delivery::new(incoming, destroyed);
-    // Each cell gets its own exact buffer (the node keeps cells in queues,
-    // so they must not pin larger ones), and nothing is allocated for a
-    // stream until data arrives: an idle circuit costs only its stream.
-    let mut partial = BytesMut::new();
-    while let Some(chunk) = s
-        .read_chunk(READ_CHUNK, true)
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        let mut data = &chunk.bytes[..];
-        if !partial.is_empty() {
-            let take = (CELL_LEN - partial.len()).min(data.len());
-            partial.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if partial.len() == CELL_LEN {
-                let cell = Cell::from_bytes(partial.split()).map_err(|e| e.to_string())?;
-                out.push(cell);
-            }
-        }
-        while let Some((bytes, rest)) = data.split_at_checked(CELL_LEN) {
-            data = rest;
-            let cell = Cell::from_slice(bytes).map_err(|e| e.to_string())?;
-            out.push(cell);
-        }
-        partial.extend_from_slice(data);
-        out.flush().await;
-    }
-    if !partial.is_empty() {
-        return Err("stream ended inside a cell".into());
-    }
-    Ok(Carried::Cells)
 }

@@ -14,7 +14,7 @@
 //! certificate verifier finds it; each side then learns the id its peer
 //! proved from the verified certificate, through an event subscriber
 //! (module `peer`). The stream layout and the graceful close are in module
-//! `link`; [`Transport::crash`] switches the UDP sockets off (module
+//! `link`, the receiving half in module `recv`; [`Transport::crash`] switches the UDP sockets off (module
 //! `socket`).
 //!
 //! s2n-quic has separate server and client endpoints, so a transport
@@ -30,6 +30,7 @@
 mod cert;
 mod link;
 mod peer;
+mod recv;
 mod socket;
 
 use std::net::SocketAddr;
@@ -56,6 +57,14 @@ const ALPN: &[u8] = b"relay-link/1";
 const STREAM_WINDOW: u64 = 4 << 20;
 /// Receive window for all streams of a connection together.
 const CONNECTION_WINDOW: u64 = 32 << 20;
+/// Data a stream (circuit) may have written but not yet acknowledged.
+/// s2n-quic has no limit for a connection as a whole (quinn has its send
+/// window), and its default of 4 MiB per stream let a link with 64 busy
+/// circuits hold 256 MiB (linkbench: 260 MB resident, every page of it
+/// faulted in afresh). 1 MiB per circuit is still 8 Gbit/s at 1 ms RTT, or
+/// 80 Mbit/s at 100 ms; measured on loopback: resident 155 MB, page faults
+/// 84K -> 44K, CPU s/GB 4.2 -> 3.9, one circuit's throughput not lower.
+const SEND_BUFFER: u32 = 1 << 20;
 /// Streams (circuits) the peer may have open at once.
 const MAX_STREAMS: u64 = 4096;
 
@@ -185,6 +194,8 @@ fn limits(config: &LinkConfig) -> Result<Limits, LinkError> {
         .with_max_open_local_bidirectional_streams(0)
         .map_err(bad)?
         .with_max_open_remote_bidirectional_streams(0)
+        .map_err(bad)?
+        .with_max_send_buffer_size(SEND_BUFFER)
         .map_err(bad)
 }
 

@@ -1,4 +1,5 @@
-//! One QUIC connection carrying one link: the tasks behind the channels.
+//! One QUIC connection carrying one link: the tasks behind the channels
+//! (the writer here, the receiver in module `recv`).
 //!
 //! Each circuit gets its own unidirectional stream in each direction, opened
 //! by the sender the first time it sends a cell of that circuit. QUIC keeps
@@ -32,24 +33,17 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use relay_kernel::{Cell, CELL_LEN};
-use relay_link::batch::{group_by_circuit, CircuitBatch, Delivery};
+use bytes::Bytes;
+use relay_kernel::Cell;
+use relay_link::batch::{CircuitBatch, Grouper, KIND_CELLS, KIND_FIN};
 use relay_link::link::CloseCell;
-use relay_link::{CellRx, CellTx, CloseReason, LinkIo};
-use s2n_quic::connection::{Error as ConnectionError, Handle, StreamAcceptor};
+use relay_link::{CellRx, CloseReason, LinkIo};
+use s2n_quic::connection::{Error as ConnectionError, Handle};
 use s2n_quic::provider::event::Location;
-use s2n_quic::stream::{ReceiveStream as RecvStream, SendStream};
+use s2n_quic::stream::SendStream;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
 
-/// First byte of a stream of cells.
-const KIND_CELLS: u8 = 0;
-/// First (and only) byte of the stream announcing a graceful close.
-const KIND_FIN: u8 = 1;
-/// First (and only) byte of the stream confirming we read all the peer sent
-/// before its FIN.
-const KIND_DRAINED: u8 = 2;
+use crate::recv::receiver;
 
 /// Connection close codes.
 pub(crate) mod code {
@@ -72,8 +66,10 @@ pub(crate) mod code {
     }
 }
 
-/// Cells the writer takes from the node before writing them out.
-const BATCH_CELLS: usize = 128;
+/// Most cells the writer takes from the node at once: what is queued, up
+/// to this. Larger batches mean larger writes per circuit and fewer
+/// wake-ups of the connection; 1024 cells are 514 KB.
+const BATCH_CELLS: usize = 1024;
 /// How long a closing link waits for the peer to read everything.
 const CLOSE_LINGER: Duration = Duration::from_secs(60);
 
@@ -100,7 +96,7 @@ pub(crate) fn close_reason(e: &ConnectionError) -> CloseReason {
 }
 
 /// A stream error as a close reason.
-fn stream_reason(e: &s2n_quic::stream::Error) -> Option<CloseReason> {
+pub(crate) fn stream_reason(e: &s2n_quic::stream::Error) -> Option<CloseReason> {
     match e {
         s2n_quic::stream::Error::ConnectionError { error, .. } => Some(close_reason(error)),
         _ => None,
@@ -148,7 +144,7 @@ fn reason_of(e: s2n_quic::stream::Error) -> CloseReason {
 }
 
 /// Opens a stream carrying one control byte, and finishes it.
-async fn send_control(conn: &Handle, kind: u8) -> Result<(), CloseReason> {
+pub(crate) async fn send_control(conn: &Handle, kind: u8) -> Result<(), CloseReason> {
     let mut conn = conn.clone();
     let mut s = conn
         .open_send_stream()
@@ -170,6 +166,7 @@ async fn writer(
     keepalive: Duration,
 ) {
     let mut streams: HashMap<u32, SendStream> = HashMap::new();
+    let mut grouper = Grouper::new();
     let mut groups: Vec<CircuitBatch> = Vec::new();
     let mut cells: Vec<Cell> = Vec::with_capacity(BATCH_CELLS);
     let mut ping = tokio::time::interval(keepalive);
@@ -192,13 +189,16 @@ async fn writer(
         // 0: the node closed or dropped the link: close gracefully.
         let close = n == 0;
         groups.clear();
-        group_by_circuit(&mut cells, &mut groups);
+        grouper.group(&mut cells, &mut groups);
         for g in groups.drain(..) {
             if let Err(e) = write_group(&mut conn, &mut streams, &mut destroyed, g).await {
                 closed.set(e);
                 return;
             }
         }
+        // The node queue does not count against tokio's cooperative
+        // budget: with cells always queued, yield now and then.
+        tokio::task::coop::consume_budget().await;
         if close {
             close_gracefully(&conn, &closed, streams, ended).await;
             return;
@@ -234,11 +234,9 @@ async fn write_group(
                 s = &mut open => break s.map_err(|e| close_reason(&e))?,
             }
         };
-        // The kind byte goes out with the first cells (below).
-        let mut first = BytesMut::with_capacity(1 + g.bytes.len());
-        first.extend_from_slice(&[KIND_CELLS]);
-        first.extend_from_slice(&g.bytes);
-        s.send(first.freeze()).await.map_err(reason_of)?;
+        // The kind byte goes out with the first cells, in one call.
+        let mut first = [Bytes::from_static(&[KIND_CELLS]), g.bytes];
+        s.send_vectored(&mut first).await.map_err(reason_of)?;
         if g.last {
             let _ = s.finish();
         } else {
@@ -249,7 +247,7 @@ async fn write_group(
     let s = streams
         .get_mut(&g.circ)
         .ok_or_else(|| CloseReason::Error("stream vanished".into()))?;
-    s.send(g.bytes.freeze()).await.map_err(reason_of)?;
+    s.send(g.bytes).await.map_err(reason_of)?;
     if g.last {
         if let Some(mut s) = streams.remove(&g.circ) {
             let _ = s.finish();
@@ -281,163 +279,4 @@ async fn close_gracefully(
     if tokio::time::timeout(CLOSE_LINGER, wait).await.is_err() {
         conn.close(code::close_timeout());
     }
-}
-
-/// What a finished stream carried.
-enum Carried {
-    Cells,
-    Fin,
-    Drained,
-}
-
-/// Accepts the peer's streams, runs a reader for each, and ends the link
-/// when the connection closes or the peer's graceful close completes.
-async fn receiver(
-    conn: Handle,
-    mut acceptor: StreamAcceptor,
-    incoming: CellTx,
-    closed: CloseCell,
-    destroyed: mpsc::UnboundedSender<u32>,
-    _ended: watch::Sender<()>,
-) {
-    let mut incoming = Some(incoming);
-    let mut readers: JoinSet<Result<Carried, (bool, CloseReason)>> = JoinSet::new();
-    let (mut got_fin, mut drained, mut got_drained) = (false, false, false);
-    let reason = loop {
-        tokio::select! {
-            s = acceptor.accept_receive_stream() => match s {
-                Ok(Some(s)) => {
-                    readers.spawn(read_stream(s, incoming.clone(), destroyed.clone()));
-                }
-                // s2n-quic says None for a clean close and for an idle
-                // timeout alike; the handle still knows which.
-                Ok(None) => match conn.clone().ping() {
-                    Err(e) => break close_reason(&e),
-                    Ok(()) => break CloseReason::Error("connection closed".into()),
-                },
-                Err(e) => break close_reason(&e),
-            },
-            Some(done) = readers.join_next() => match done {
-                Ok(Ok(Carried::Cells)) => {}
-                Ok(Ok(Carried::Fin)) => got_fin = true,
-                Ok(Ok(Carried::Drained)) => got_drained = true,
-                // The connection failed under the reader.
-                Ok(Err((true, r))) => break r,
-                Ok(Err((false, r))) => {
-                    conn.close(code::protocol());
-                    break r;
-                }
-                Err(_) => {
-                    conn.close(code::protocol());
-                    break CloseReason::Error("stream reader failed".into());
-                }
-            },
-        }
-        if got_fin && !drained && readers.is_empty() {
-            // Every cell stream the peer opened came before its FIN, and all
-            // have been read to the end: the node has everything.
-            drained = true;
-            closed.set(CloseReason::Peer);
-            incoming = None;
-            if let Err(e) = send_control(&conn, KIND_DRAINED).await {
-                break e;
-            }
-        }
-        if drained && got_drained {
-            // Both directions are closed and read: nothing is in flight.
-            conn.close(code::done());
-            break CloseReason::Peer;
-        }
-    };
-    closed.set(reason);
-    // Readers still running hold senders; stop them so the node sees the end.
-    readers.abort_all();
-}
-
-/// A reader's failure: (whether the connection failed, why).
-fn read_err(e: s2n_quic::stream::Error) -> (bool, CloseReason) {
-    match stream_reason(&e) {
-        Some(r) => (true, r),
-        None => (false, CloseReason::Error(e.to_string())),
-    }
-}
-
-fn protocol_err(what: &str) -> (bool, CloseReason) {
-    (false, CloseReason::Error(what.into()))
-}
-
-/// Reads one stream to its end. Cells go to the node (or nowhere once the
-/// node stopped listening, so the peer is never blocked by flow control).
-async fn read_stream(
-    mut s: RecvStream,
-    incoming: Option<CellTx>,
-    destroyed: mpsc::UnboundedSender<u32>,
-) -> Result<Carried, (bool, CloseReason)> {
-    // The kind byte, from the first non-empty chunk.
-    let mut chunk = loop {
-        match s.receive().await.map_err(read_err)? {
-            Some(c) if c.is_empty() => continue,
-            Some(c) => break c,
-            None => return Err(protocol_err("empty stream")),
-        }
-    };
-    let kind = chunk[0];
-    let _ = chunk.split_to(1);
-    match kind {
-        KIND_CELLS => {}
-        KIND_FIN | KIND_DRAINED => {
-            // A control stream is its kind byte alone.
-            if !chunk.is_empty() {
-                return Err(protocol_err("control stream too long"));
-            }
-            while let Some(c) = s.receive().await.map_err(read_err)? {
-                if !c.is_empty() {
-                    return Err(protocol_err("control stream too long"));
-                }
-            }
-            return Ok(if kind == KIND_FIN {
-                Carried::Fin
-            } else {
-                Carried::Drained
-            });
-        }
-        _ => return Err(protocol_err("unknown stream kind")),
-    }
-    let mut out = Delivery::new(incoming, destroyed);
-    // Each cell gets its own exact buffer (the node keeps cells in queues,
-    // so they must not pin larger ones), and nothing is allocated for a
-    // stream until data arrives: an idle circuit costs only its stream.
-    let mut partial = BytesMut::new();
-    let mut next = Some(chunk);
-    loop {
-        let chunk = match next.take() {
-            Some(c) => c,
-            None => match s.receive().await.map_err(read_err)? {
-                Some(c) => c,
-                None => break,
-            },
-        };
-        let mut data = &chunk[..];
-        if !partial.is_empty() {
-            let take = (CELL_LEN - partial.len()).min(data.len());
-            partial.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if partial.len() == CELL_LEN {
-                let cell =
-                    Cell::from_bytes(partial.split()).map_err(|e| protocol_err(&e.to_string()))?;
-                out.push(cell);
-            }
-        }
-        while let Some((bytes, rest)) = data.split_at_checked(CELL_LEN) {
-            data = rest;
-            let cell = Cell::from_slice(bytes).map_err(|e| protocol_err(&e.to_string()))?;
-            out.push(cell);
-        }
-        partial.extend_from_slice(data);
-        out.flush().await;
-    }
-    if !partial.is_empty() {
-        return Err(protocol_err("stream ended inside a cell"));
-    }
-    Ok(Carried::Cells)
 }

@@ -1,0 +1,301 @@
+//! Raw QUIC baselines for linkbench: the QUIC libraries our quic and s2n
+//! links are built on, used the way their own perf tools use them, so that
+//! each link is judged against its library in the same run rather than
+//! against a remembered figure.
+//!
+//! Each baseline is one connection on 127.0.0.1 carrying one stream of
+//! large writes (1 MiB `Bytes` chunks, nothing copied by the writer) and a
+//! reader that takes whole chunks, with the library's default transport
+//! settings; and the same with as many streams as linkbench has circuits
+//! (at most 100, the libraries' default stream limit; one writer taking the
+//! streams in turn with 1 MiB / streams per write, a reader task per
+//! stream: plain use of the library), which shows what one stream per
+//! circuit costs the library itself. All use TLS 1.3 with rustls' ring
+//! provider (what our links use) and a self-signed certificate that the
+//! client does not check (the handshake is not timed). Gbit/s counts
+//! stream bytes. Included by linkbench with
+//! `#[path]` (a file under `src/bin/` would be a binary of its own).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use relay_link::tls::NodeCert;
+use relay_link::Identity;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+use super::{cpu_seconds, Row};
+
+/// Size of each write.
+const CHUNK: usize = 1 << 20;
+/// Kernel socket buffers, as our links ask for.
+const SOCKET_BUFFER: usize = 4 << 20;
+const ALPN: &[u8] = b"linkbench";
+/// Both libraries let a peer open 100 streams by default.
+const MAX_STREAMS: usize = 100;
+
+/// A client-side verifier that accepts any certificate but still checks
+/// the handshake signature (as quinn's perf client does).
+#[derive(Debug)]
+struct AcceptAny(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// rustls configs for a server with a self-signed certificate and a client
+/// that trusts anything.
+fn tls_configs() -> (rustls::ServerConfig, rustls::ClientConfig) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cert = NodeCert::new(&Identity::from_secret([9; 32])).unwrap();
+    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.clone()], cert.key())
+        .unwrap();
+    server.alpn_protocols = vec![ALPN.to_vec()];
+    server.max_early_data_size = 0;
+    let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    client.alpn_protocols = vec![ALPN.to_vec()];
+    (server, client)
+}
+
+fn udp_socket() -> std::net::UdpSocket {
+    relay_link::udp::bind_udp("127.0.0.1:0".parse().unwrap(), SOCKET_BUFFER).unwrap()
+}
+
+/// `total` bytes as chunks of `size` sharing one buffer.
+fn chunks(total: u64, size: usize) -> impl Iterator<Item = Bytes> {
+    let data = Bytes::from(vec![0x5au8; size]);
+    let mut left = total;
+    std::iter::from_fn(move || {
+        let n = left.min(size as u64) as usize;
+        left -= n as u64;
+        (n > 0).then(|| data.slice(..n))
+    })
+}
+
+/// The row's name.
+fn name(lib: &str, streams: usize) -> String {
+    match streams {
+        1 => format!("raw {lib}, 1 stream, TLS"),
+        n => format!("raw {lib}, {n} streams, TLS"),
+    }
+}
+
+/// quinn with its default transport config (GSO/GRO and MTU discovery on).
+pub async fn raw_quinn(mb: u64, streams: usize) -> Row {
+    let streams = streams.clamp(1, MAX_STREAMS);
+    use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+    let (server_tls, client_tls) = tls_configs();
+    let server_cfg =
+        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server_tls).unwrap()));
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let server = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_cfg),
+        udp_socket(),
+        runtime.clone(),
+    )
+    .unwrap();
+    let mut client = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        udp_socket(),
+        runtime,
+    )
+    .unwrap();
+    client.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+        QuicClientConfig::try_from(client_tls).unwrap(),
+    )));
+    let server_addr: SocketAddr = server.local_addr().unwrap();
+    let (dialled, accepted) = tokio::join!(
+        async { client.connect(server_addr, "bench").unwrap().await.unwrap() },
+        async { server.accept().await.unwrap().await.unwrap() }
+    );
+    let total = mb * 1_000_000;
+    let cpu0 = cpu_seconds();
+    let start = Instant::now();
+    let writer = tokio::spawn(async move {
+        let mut out = Vec::new();
+        for _ in 0..streams {
+            out.push(dialled.open_uni().await.unwrap());
+        }
+        for (i, c) in chunks(total, CHUNK / streams).enumerate() {
+            out[i % streams].write_chunk(c).await.unwrap();
+        }
+        for s in &mut out {
+            s.finish().unwrap();
+        }
+        for s in &mut out {
+            let _ = s.stopped().await;
+        }
+        dialled
+    });
+    let mut readers = tokio::task::JoinSet::new();
+    for _ in 0..streams {
+        let mut r = accepted.accept_uni().await.unwrap();
+        readers.spawn(async move {
+            let mut bufs = vec![Bytes::new(); 32];
+            let mut got = 0u64;
+            while let Some(n) = r.read_chunks(&mut bufs).await.unwrap() {
+                got += bufs[..n].iter().map(|b| b.len() as u64).sum::<u64>();
+            }
+            got
+        });
+    }
+    let got: u64 = readers.join_all().await.iter().sum();
+    let wall = start.elapsed();
+    let cpu = cpu_seconds() - cpu0;
+    assert_eq!(got, total, "raw quinn lost bytes");
+    let dialled = writer.await.unwrap();
+    dialled.close(0u32.into(), b"done");
+    accepted.close(0u32.into(), b"done");
+    Row {
+        name: name("quinn", streams),
+        payload_bytes: got,
+        wall,
+        cpu,
+    }
+}
+
+/// s2n-quic with its rustls provider and default limits (GSO on).
+pub async fn raw_s2n(mb: u64, streams: usize) -> Row {
+    let streams = streams.clamp(1, MAX_STREAMS);
+    use s2n_quic::client::Connect;
+    use s2n_quic::provider::tls::rustls as s2n_rustls;
+    let (server_tls, client_tls) = tls_configs();
+    let server_io = s2n_quic::provider::io::tokio::Provider::builder()
+        .with_rx_socket(udp_socket())
+        .unwrap()
+        .build()
+        .unwrap();
+    let client_io = s2n_quic::provider::io::tokio::Provider::builder()
+        .with_rx_socket(udp_socket())
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut server = s2n_quic::Server::builder()
+        .with_tls(s2n_rustls::Server::from(server_tls))
+        .unwrap()
+        .with_io(server_io)
+        .unwrap()
+        .start()
+        .unwrap();
+    let client = s2n_quic::Client::builder()
+        .with_tls(s2n_rustls::Client::from(client_tls))
+        .unwrap()
+        .with_io(client_io)
+        .unwrap()
+        .start()
+        .unwrap();
+    let server_addr = server.local_addr().unwrap();
+    let (dialled, accepted) = tokio::join!(
+        async {
+            client
+                .connect(Connect::new(server_addr).with_server_name("bench"))
+                .await
+                .unwrap()
+        },
+        async { server.accept().await.unwrap() }
+    );
+    let (mut dialled, mut accepted) = (dialled, accepted);
+    let total = mb * 1_000_000;
+    let cpu0 = cpu_seconds();
+    let start = Instant::now();
+    let writer = tokio::spawn(async move {
+        let mut out = Vec::new();
+        for _ in 0..streams {
+            out.push(dialled.open_send_stream().await.unwrap());
+        }
+        for (i, c) in chunks(total, CHUNK / streams).enumerate() {
+            out[i % streams].send(c).await.unwrap();
+        }
+        for s in &mut out {
+            s.close().await.unwrap();
+        }
+        dialled
+    });
+    let mut readers = tokio::task::JoinSet::new();
+    for _ in 0..streams {
+        let mut r = accepted.accept_receive_stream().await.unwrap().unwrap();
+        readers.spawn(async move {
+            let mut bufs = vec![Bytes::new(); 32];
+            let mut got = 0u64;
+            loop {
+                let (n, open) = r.receive_vectored(&mut bufs).await.unwrap();
+                // s2n-quic fills only empty slots: take the chunks out.
+                got += bufs[..n]
+                    .iter_mut()
+                    .map(|b| std::mem::take(b).len() as u64)
+                    .sum::<u64>();
+                if !open {
+                    break got;
+                }
+            }
+        });
+    }
+    let got: u64 = readers.join_all().await.iter().sum();
+    let wall = start.elapsed();
+    let cpu = cpu_seconds() - cpu0;
+    assert_eq!(got, total, "raw s2n-quic lost bytes");
+    let _dialled = writer.await.unwrap();
+    drop(accepted);
+    Row {
+        name: name("s2n-quic", streams),
+        payload_bytes: got,
+        wall,
+        cpu,
+    }
+}
