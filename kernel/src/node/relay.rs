@@ -63,8 +63,7 @@ impl Node {
             return;
         }
         let reply = parse_handshake_body(cell.body()).and_then(|msg| {
-            let (id, onion) = (self.id, self.onion.clone());
-            handshake::server_respond(&mut *self.rng, &id, &onion, msg).ok()
+            handshake::server_respond(&mut *self.rng, &self.id, &self.onion, msg).ok()
         });
         let Some((reply, keys)) = reply else {
             self.out.stats.cells_dropped += 1;
