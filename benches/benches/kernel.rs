@@ -484,17 +484,14 @@ fn via_trait<'a, A: CellAead + 'static>(
 fn onion_ops(clock: Clock, inp: &Inputs) -> Vec<Op<'_>> {
     let n = POOL as u64;
     vec![
-        // A middle relay peeling its layer and padding the cell for the next hop.
+        // A middle relay peeling its layer and padding the cell for the next
+        // hop (`open_forward`: `open_outbound` + `prepare_forward` in one pass).
         Op::consuming(
             "onion/relay_forward_layer",
             clock,
             &inp.at_hop1,
             || RelayHop::new(&keys(1)).unwrap(),
-            |hop, _, body| {
-                let ok = hop.open_outbound(body).is_ok();
-                hop.prepare_forward(body);
-                ok
-            },
+            |hop, _, body| hop.open_forward(body).is_ok(),
         ),
         Op::repeated("onion/client_wrap_3hop", clock, n, {
             let mut client = three_hop_client();
