@@ -56,6 +56,12 @@ pub trait CellAead: Send + Sync + Sized {
 }
 
 /// ring's AES-128-GCM.
+///
+/// On a cache-line boundary: ring's AES key schedule is only 4-byte
+/// aligned, and where it lands moved the client's 3-hop wrap between 549
+/// and 604 ns from one heap layout to the next; aligned, 543-550 ns
+/// (paired bench over `RELAY_BENCH_HEAP_SHIFT`s, docs/benchmarks.md).
+#[repr(align(64))]
 pub struct RingGcm(ring::aead::LessSafeKey);
 
 impl CellAead for RingGcm {

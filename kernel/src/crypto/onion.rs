@@ -203,10 +203,8 @@ struct ClientHop {
     back_seal_ctr: u64,
 }
 
-/// The client's scratch buffer: a body, all outer tags, and slack to start
-/// it at a chosen offset from a SCRATCH_ALIGN boundary.
-const SCRATCH_ALIGN: usize = 64;
-const SCRATCH_LEN: usize = BODY_LEN + MAX_FILLER + SCRATCH_ALIGN;
+/// The client's scratch buffer: a body and all outer tags.
+const SCRATCH_LEN: usize = BODY_LEN + MAX_FILLER;
 
 /// Cells whose filler the client computes at once.
 const FILLER_BATCH: usize = 16;
@@ -380,14 +378,7 @@ impl ClientOnion {
             if self.scratch.len() < SCRATCH_LEN {
                 self.scratch.resize(SCRATCH_LEN, 0);
             }
-            // Start the buffer 16 bytes past a 64-byte boundary: hop k
-            // seals from 16 (k + 1) bytes in, so the seals of a path of up
-            // to 3 hops start 32, 48 and 0 bytes past one. ring's seal is
-            // ~7% slower on data 16 bytes past a 64-byte boundary than at
-            // 0, 32 or 48 (benches/benches/kernel.rs, `seal493_at_*`).
-            let start = (SCRATCH_ALIGN + 16 - self.scratch.as_ptr() as usize % SCRATCH_ALIGN)
-                % SCRATCH_ALIGN;
-            let scratch = &mut self.scratch[start..start + BODY_LEN + MAX_FILLER];
+            let scratch = &mut self.scratch[..SCRATCH_LEN];
             let base = TAG_LEN * (d - 1);
             scratch[base + TAG_LEN..base + BODY_LEN].copy_from_slice(&body[TAG_LEN..]);
             for (k, hop) in self.hops.iter_mut().enumerate().rev() {
