@@ -4,7 +4,14 @@
 //! in the same run. Cells are produced by a real client through a real
 //! circuit (client -> relay -> exit); only the relay's work is timed.
 
+//!
+//! `RELAY_BENCH_CLOCK=cpu` times the paired mode with this thread's CPU time
+//! (`CLOCK_THREAD_CPUTIME_ID`) instead of wall time, leaving out time spent
+//! descheduled by other work on the machine.
+
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// One libc call: reading the thread's CPU-time clock.
+#![allow(unsafe_code)]
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +19,8 @@ use criterion::{black_box, criterion_group, Criterion};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use relay_kernel::crypto::aead::{CellAead, DefaultAead};
+use relay_kernel::crypto::onion::KEY_MATERIAL_LEN;
+use relay_kernel::crypto::{ClientOnion, HopKeys, RelayHop};
 use relay_kernel::flow::CcParams;
 use relay_kernel::stream::StreamLimits;
 use relay_kernel::*;
@@ -134,12 +143,12 @@ fn rig() -> Rig {
 }
 
 /// The next BATCH cells the client sends on the circuit, in order.
-fn client_cells(r: &mut Rig) -> Vec<Cell> {
-    let bytes = vec![7u8; BATCH * 472];
+fn client_cells(r: &mut Rig, count: usize) -> Vec<Cell> {
+    let bytes = vec![7u8; count * 472];
     let n = r.client.stream_write(r.now, r.stream, &bytes).unwrap();
     assert_eq!(n, bytes.len());
     let cells: Vec<Cell> = std::iter::from_fn(|| r.client.poll_transmit(LinkId(1))).collect();
-    assert!(cells.len() >= BATCH);
+    assert!(cells.len() >= count);
     cells
 }
 
@@ -167,7 +176,7 @@ fn bench(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             let mut left = iters as usize;
             while left > 0 {
-                let mut cells = client_cells(&mut rig);
+                let mut cells = client_cells(&mut rig, BATCH);
                 cells.truncate(left.min(cells.len()));
                 let n = cells.len();
                 let now = rig.now;
@@ -189,12 +198,61 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// Now, on the wall clock or (`RELAY_BENCH_CLOCK=cpu`) this thread's CPU clock.
+struct Clock {
+    cpu: bool,
+    origin: Instant,
+    /// The cost of reading the clock (a system call for the CPU clock on
+    /// this VM, ~0.5 us), subtracted from each timed run.
+    overhead: Duration,
+}
+
+impl Clock {
+    fn from_env() -> Clock {
+        let mut clock = Clock {
+            cpu: std::env::var("RELAY_BENCH_CLOCK").is_ok_and(|v| v == "cpu"),
+            origin: Instant::now(),
+            overhead: Duration::ZERO,
+        };
+        clock.overhead = (0..1000)
+            .map(|_| {
+                let start = clock.now();
+                clock.now().saturating_sub(start)
+            })
+            .min()
+            .unwrap_or_default();
+        clock
+    }
+
+    /// Time since `start`, less the cost of reading the clock.
+    fn since(&self, start: Duration) -> Duration {
+        self.now()
+            .saturating_sub(start)
+            .saturating_sub(self.overhead)
+    }
+
+    fn now(&self) -> Duration {
+        if !self.cpu {
+            return self.origin.elapsed();
+        }
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime only writes the timespec we pass it.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+}
+
 /// `RELAY_BENCH_PAIRED=<rounds>`: alternate short runs of the raw open and
 /// the node forward and report the median of the per-round ratios, so both
 /// sides of each ratio see the same machine state (this shared machine
 /// drifts by 1.6x over seconds; see docs/benchmarks.md).
 fn paired(rounds: usize) {
     const RUN: usize = 64;
+    let clock = Clock::from_env();
     let aead = DefaultAead::new(&[9u8; 16]).unwrap();
     let mut sealed = [0u8; BODY_LEN - 16];
     let tag = aead.seal(0, &mut sealed).unwrap();
@@ -202,11 +260,25 @@ fn paired(rounds: usize) {
     let mut cells: Vec<Cell> = Vec::new();
     let mut out = Vec::with_capacity(RUN);
     let mut ratios = Vec::with_capacity(rounds);
-    let (mut raw_total, mut fwd_total) = (0f64, 0f64);
+    let mut layer_ratios = Vec::with_capacity(rounds);
+    let (mut raw_total, mut fwd_total, mut layer_total) = (0f64, 0f64, 0f64);
+    // The relay's crypto alone (`RelayHop::open_forward`, what the node
+    // calls per cell), on cells of a 2-hop onion with fixed keys: node
+    // forward minus this is the node's own work.
+    let hop_keys = |seed: u8| HopKeys::from_material(&[seed; KEY_MATERIAL_LEN]);
+    let mut onion = ClientOnion::new();
+    onion.push_hop(&hop_keys(1)).unwrap();
+    onion.push_hop(&hop_keys(2)).unwrap();
+    let mut hop = RelayHop::new(&hop_keys(1)).unwrap();
+    let mut bodies = vec![[7u8; BODY_LEN]; RUN];
     for _ in 0..rounds {
+        for body in bodies.iter_mut() {
+            *body = [7u8; BODY_LEN];
+            onion.wrap_outbound(body).unwrap();
+        }
         if cells.len() < RUN {
             // Keep the leftovers first: cells must reach the relay in order.
-            let mut more = client_cells(&mut rig);
+            let mut more = client_cells(&mut rig, BATCH);
             more.reverse();
             more.append(&mut cells);
             cells = more;
@@ -214,35 +286,51 @@ fn paired(rounds: usize) {
         let batch: Vec<Cell> = (0..RUN).filter_map(|_| cells.pop()).collect();
         let now = rig.now;
         let mut buf = sealed;
-        let t = Instant::now();
+        let t = clock.now();
         for _ in 0..RUN {
             buf.copy_from_slice(&sealed);
             black_box(aead.open(0, black_box(&mut buf), &tag)).unwrap();
         }
-        let raw = t.elapsed().as_nanos() as f64 / RUN as f64;
-        let t = Instant::now();
+        let raw = clock.since(t).as_nanos() as f64 / RUN as f64;
+        let t = clock.now();
         for cell in batch {
             rig.relay.handle_cell(now, LinkId(2), cell);
             if let Some(o) = rig.relay.poll_transmit(LinkId(3)) {
                 out.push(o);
             }
         }
-        let fwd = t.elapsed().as_nanos() as f64 / RUN as f64;
+        let fwd = clock.since(t).as_nanos() as f64 / RUN as f64;
         assert_eq!(out.len(), RUN);
         out.clear();
+        let t = clock.now();
+        let mut ok = true;
+        for body in bodies.iter_mut() {
+            ok &= hop.open_forward(black_box(body)).is_ok();
+        }
+        let layer = clock.since(t).as_nanos() as f64 / RUN as f64;
+        assert!(ok);
         ratios.push(fwd / raw);
+        layer_ratios.push(layer / raw);
         raw_total += raw;
         fwd_total += fwd;
+        layer_total += layer;
     }
-    ratios.sort_by(|a, b| a.total_cmp(b));
-    let q = |f: f64| ratios[((ratios.len() - 1) as f64 * f) as usize];
+    let q = |v: &mut Vec<f64>, f: f64| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[((v.len() - 1) as f64 * f) as usize]
+    };
     println!(
-        "{rounds} paired rounds of {RUN}: raw open (incl. 493-byte copy) {:.0} ns, node forward {:.0} ns; ratio median {:.2} (IQR {:.2}-{:.2})",
+        "{} clock; {rounds} paired rounds of {RUN}: raw open (incl. 493-byte copy) {:.0} ns, node forward {:.0} ns, layer only {:.0} ns (means); node / raw median {:.2} (IQR {:.2}-{:.2}); layer / raw median {:.2} (IQR {:.2}-{:.2})",
+        if clock.cpu { "CPU" } else { "wall" },
         raw_total / rounds as f64,
         fwd_total / rounds as f64,
-        q(0.5),
-        q(0.25),
-        q(0.75)
+        layer_total / rounds as f64,
+        q(&mut ratios, 0.5),
+        q(&mut ratios, 0.25),
+        q(&mut ratios, 0.75),
+        q(&mut layer_ratios, 0.5),
+        q(&mut layer_ratios, 0.25),
+        q(&mut layer_ratios, 0.75),
     );
 }
 

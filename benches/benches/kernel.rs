@@ -34,10 +34,14 @@ use aes_gcm::aes::cipher::{generic_array::GenericArray, BlockEncrypt};
 use aes_gcm::KeyInit;
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::Criterion;
+use rand::Rng;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use relay_kernel::crypto::aead::{nonce_for, CellAead, DefaultAead, RingGcm, RustCryptoGcm};
 use relay_kernel::crypto::onion::{outbound_room, KEY_MATERIAL_LEN};
+#[cfg(feature = "aws-lc")]
+use relay_kernel::crypto::x25519::AwsLcX25519;
+use relay_kernel::crypto::x25519::{DalekEdwardsX25519, DalekX25519, DefaultX25519, X25519Key};
 use relay_kernel::crypto::{ClientOnion, HopKeys, RelayHop};
 use relay_kernel::handshake::{self, ClientHandshake};
 use relay_kernel::{NodeId, OnionKeypair, BODY_LEN};
@@ -318,9 +322,22 @@ impl Inputs {
     }
 }
 
-fn ring_key() -> ring::aead::LessSafeKey {
+/// A raw ring key on a cache-line boundary, as the kernel's `RingGcm` is
+/// (ring's AES key is only 4-byte aligned, and where it lands moves a seal
+/// by up to ~10% here): both sides of every ratio get the same placement.
+#[repr(align(64))]
+struct RingKey(ring::aead::LessSafeKey);
+
+impl std::ops::Deref for RingKey {
+    type Target = ring::aead::LessSafeKey;
+    fn deref(&self) -> &ring::aead::LessSafeKey {
+        &self.0
+    }
+}
+
+fn ring_key() -> RingKey {
     let unbound = ring::aead::UnboundKey::new(&ring::aead::AES_128_GCM, &KEY).unwrap();
-    ring::aead::LessSafeKey::new(unbound)
+    RingKey(ring::aead::LessSafeKey::new(unbound))
 }
 
 fn ring_open(key: &ring::aead::LessSafeKey, ctr: u64, data: &mut [u8], tag: &[u8; 16]) -> bool {
@@ -480,17 +497,14 @@ fn via_trait<'a, A: CellAead + 'static>(
 fn onion_ops(clock: Clock, inp: &Inputs) -> Vec<Op<'_>> {
     let n = POOL as u64;
     vec![
-        // A middle relay peeling its layer and padding the cell for the next hop.
+        // A middle relay peeling its layer and padding the cell for the next
+        // hop (`open_forward`: `open_outbound` + `prepare_forward` in one pass).
         Op::consuming(
             "onion/relay_forward_layer",
             clock,
             &inp.at_hop1,
             || RelayHop::new(&keys(1)).unwrap(),
-            |hop, _, body| {
-                let ok = hop.open_outbound(body).is_ok();
-                hop.prepare_forward(body);
-                ok
-            },
+            |hop, _, body| hop.open_forward(body).is_ok(),
         ),
         Op::repeated("onion/client_wrap_3hop", clock, n, {
             let mut client = three_hop_client();
@@ -528,9 +542,11 @@ fn onion_ops(clock: Clock, inp: &Inputs) -> Vec<Op<'_>> {
     ]
 }
 
-/// Group `handshake`: both sides, and X25519 alone.
+/// Group `handshake`: both sides through the kernel's API (its
+/// `DefaultX25519`), x25519-dalek's DH alone (the reference for the
+/// ratios), and per X25519 backend: one DH, one public key, both sides.
 fn handshake_ops(clock: Clock, inp: &Inputs) -> Vec<Op<'_>> {
-    vec![
+    let mut ops = vec![
         // Client side total: start (ephemeral key) + finish (two DH, KDF, AUTH check).
         Op::repeated("handshake/client", clock, 1, || {
             let mut rng = inp.client_rng.clone();
@@ -558,6 +574,77 @@ fn handshake_ops(clock: Clock, inp: &Inputs) -> Vec<Op<'_>> {
             move || {
                 black_box(PublicKey::from(black_box(&secret)));
             }
+        }),
+    ];
+    ops.extend(x25519_backend_ops::<DalekX25519>(
+        clock,
+        inp,
+        [
+            "handshake/dalek_dh",
+            "handshake/dalek_public_key",
+            "handshake/dalek_server",
+            "handshake/dalek_client",
+        ],
+    ));
+    ops.extend(x25519_backend_ops::<DalekEdwardsX25519>(
+        clock,
+        inp,
+        [
+            "handshake/edwards_dh",
+            "handshake/edwards_public_key",
+            "handshake/edwards_server",
+            "handshake/edwards_client",
+        ],
+    ));
+    #[cfg(feature = "aws-lc")]
+    ops.extend(x25519_backend_ops::<AwsLcX25519>(
+        clock,
+        inp,
+        [
+            "handshake/awslc_dh",
+            "handshake/awslc_public_key",
+            "handshake/awslc_server",
+            "handshake/awslc_client",
+        ],
+    ));
+    ops
+}
+
+/// One DH, one public key (fixed base) and both handshake sides with X25519
+/// backend `K`. Every backend gives the same bytes, so the client finishes
+/// with the reply precomputed by the default one.
+fn x25519_backend_ops<'a, K: X25519Key + 'static>(
+    clock: Clock,
+    inp: &'a Inputs,
+    [dh, public, server, client]: [&'static str; 4],
+) -> [Op<'a>; 4] {
+    [
+        Op::repeated(dh, clock, 1, {
+            let secret = K::from_bytes([3u8; 32]);
+            let peer = K::from_bytes([4u8; 32]).public_key();
+            move || {
+                assert!(black_box(black_box(&secret).agree(black_box(&peer))).is_some());
+            }
+        }),
+        Op::repeated(public, clock, 1, move || {
+            black_box(K::from_bytes(black_box([3u8; 32])).public_key());
+        }),
+        Op::repeated(server, clock, 1, {
+            let onion = K::from_bytes(inp.onion_key.secret_bytes());
+            let mut rng = ChaCha20Rng::seed_from_u64(9);
+            move || {
+                let y: [u8; 32] = rng.gen();
+                let request = black_box(&inp.request);
+                let r = handshake::server_respond_using(y, &inp.id, &onion, request);
+                assert!(black_box(r).is_ok());
+            }
+        }),
+        Op::repeated(client, clock, 1, move || {
+            let mut rng = inp.client_rng.clone();
+            let (hs, request) =
+                ClientHandshake::<K>::start_using(&mut rng, inp.id, inp.onion_key.public);
+            black_box(&request);
+            assert!(black_box(hs.finish(black_box(&inp.reply))).is_ok());
         }),
     ]
 }
@@ -634,8 +721,9 @@ fn paired(ops: &mut [Op<'_>], rounds: usize) {
 fn main() {
     let clock = Clock::from_env();
     eprintln!(
-        "kernel AEAD backend (DefaultAead): {}; clock: {} (read cost {:?}, subtracted)",
+        "kernel AEAD backend (DefaultAead): {}; X25519 backend (DefaultX25519): {}; clock: {} (read cost {:?}, subtracted)",
         std::any::type_name::<DefaultAead>(),
+        std::any::type_name::<DefaultX25519>(),
         if clock.cpu {
             "thread CPU time"
         } else {
@@ -643,6 +731,14 @@ fn main() {
         },
         clock.overhead,
     );
+    // RELAY_BENCH_HEAP_SHIFT=<bytes>: allocate (and keep) that many bytes
+    // first, which moves every later allocation: per-cell timings depend on
+    // where keys and buffers land (line splits, 4 KiB aliasing), so a claim
+    // about a ratio should hold over several shifts.
+    let _shift: Vec<u8> = std::env::var("RELAY_BENCH_HEAP_SHIFT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or_else(Vec::new, |n| vec![1u8; n]);
     let inputs = Inputs::new();
     let mut ops = baseline_ops(clock, &inputs);
     ops.extend(onion_ops(clock, &inputs));

@@ -15,9 +15,9 @@ use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use rand_core::CryptoRngCore;
 use sha2::Sha256;
-use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::crypto::onion::{HopKeys, KEY_MATERIAL_LEN};
+use crate::crypto::x25519::{DefaultX25519, X25519Key};
 use crate::error::HandshakeError;
 use crate::ids::{NodeId, OnionKeypair};
 
@@ -73,9 +73,10 @@ fn derive(
     Ok((auth, okm))
 }
 
-/// A client's half-done handshake with one relay.
-pub struct ClientHandshake {
-    x: StaticSecret,
+/// A client's half-done handshake with one relay, with X25519 backend `K`
+/// (the kernel's [`DefaultX25519`] unless a benchmark or test picks one).
+pub struct ClientHandshake<K: X25519Key = DefaultX25519> {
+    x: K,
     big_x: [u8; 32],
     id: NodeId,
     b: [u8; 32],
@@ -89,7 +90,7 @@ impl ClientHandshake {
         id: NodeId,
         onion_key: [u8; 32],
     ) -> (ClientHandshake, [u8; CLIENT_MSG_LEN]) {
-        Self::with_ephemeral(StaticSecret::random_from_rng(rng).to_bytes(), id, onion_key)
+        ClientHandshake::start_using(rng, id, onion_key)
     }
 
     /// [`Self::start`] with a given ephemeral secret (for test vectors).
@@ -98,8 +99,28 @@ impl ClientHandshake {
         id: NodeId,
         onion_key: [u8; 32],
     ) -> (ClientHandshake, [u8; CLIENT_MSG_LEN]) {
-        let x = StaticSecret::from(x);
-        let big_x = PublicKey::from(&x).to_bytes();
+        ClientHandshake::with_ephemeral_using(x, id, onion_key)
+    }
+}
+
+impl<K: X25519Key> ClientHandshake<K> {
+    /// [`ClientHandshake::start`] with X25519 backend `K`.
+    pub fn start_using(
+        rng: &mut dyn CryptoRngCore,
+        id: NodeId,
+        onion_key: [u8; 32],
+    ) -> (ClientHandshake<K>, [u8; CLIENT_MSG_LEN]) {
+        Self::with_ephemeral_using(random_secret(rng), id, onion_key)
+    }
+
+    /// [`ClientHandshake::with_ephemeral`] with X25519 backend `K`.
+    pub fn with_ephemeral_using(
+        x: [u8; 32],
+        id: NodeId,
+        onion_key: [u8; 32],
+    ) -> (ClientHandshake<K>, [u8; CLIENT_MSG_LEN]) {
+        let x = K::from_bytes(x);
+        let big_x = x.public_key();
         let mut msg = [0u8; CLIENT_MSG_LEN];
         msg[..32].copy_from_slice(&id.0);
         msg[32..64].copy_from_slice(&onion_key);
@@ -122,19 +143,9 @@ impl ClientHandshake {
         }
         let mut y = [0u8; 32];
         y.copy_from_slice(&reply[..32]);
-        let xy = self.x.diffie_hellman(&PublicKey::from(y));
-        let xb = self.x.diffie_hellman(&PublicKey::from(self.b));
-        if !xy.was_contributory() || !xb.was_contributory() {
-            return Err(HandshakeError::BadShare);
-        }
-        let (auth, okm) = derive(
-            xy.as_bytes(),
-            xb.as_bytes(),
-            &self.id,
-            &self.b,
-            &self.big_x,
-            &y,
-        )?;
+        let xy = self.x.agree(&y).ok_or(HandshakeError::BadShare)?;
+        let xb = self.x.agree(&self.b).ok_or(HandshakeError::BadShare)?;
+        let (auth, okm) = derive(&xy, &xb, &self.id, &self.b, &self.big_x, &y)?;
         // Constant-time comparison of AUTH.
         let diff = auth
             .iter()
@@ -147,6 +158,14 @@ impl ClientHandshake {
     }
 }
 
+/// 32 random bytes for an ephemeral secret (the same draw from the RNG as
+/// x25519-dalek's `random_from_rng`, so seeded runs did not change).
+fn random_secret(rng: &mut dyn CryptoRngCore) -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    rng.fill_bytes(&mut bytes);
+    bytes
+}
+
 /// The relay side: checks the client's message and answers it.
 pub fn server_respond(
     rng: &mut dyn CryptoRngCore,
@@ -154,7 +173,7 @@ pub fn server_respond(
     keys: &OnionKeypair,
     msg: &[u8],
 ) -> Result<([u8; SERVER_MSG_LEN], HopKeys), HandshakeError> {
-    server_respond_with_ephemeral(StaticSecret::random_from_rng(rng).to_bytes(), id, keys, msg)
+    server_respond_using::<DefaultX25519>(random_secret(rng), id, &keys.secret, msg)
 }
 
 /// [`server_respond`] with a given ephemeral secret (for test vectors).
@@ -164,32 +183,34 @@ pub fn server_respond_with_ephemeral(
     keys: &OnionKeypair,
     msg: &[u8],
 ) -> Result<([u8; SERVER_MSG_LEN], HopKeys), HandshakeError> {
+    server_respond_using::<DefaultX25519>(y, id, &keys.secret, msg)
+}
+
+/// [`server_respond_with_ephemeral`] with X25519 backend `K`: ephemeral
+/// secret `y`, onion key `onion`.
+pub fn server_respond_using<K: X25519Key>(
+    y: [u8; 32],
+    id: &NodeId,
+    onion: &K,
+    msg: &[u8],
+) -> Result<([u8; SERVER_MSG_LEN], HopKeys), HandshakeError> {
     if msg.len() < CLIENT_MSG_LEN {
         return Err(HandshakeError::Malformed);
     }
     if msg[..32] != id.0 {
         return Err(HandshakeError::WrongNode);
     }
-    if msg[32..64] != keys.public {
+    let onion_public = onion.public_key();
+    if msg[32..64] != onion_public {
         return Err(HandshakeError::WrongOnionKey);
     }
     let mut big_x = [0u8; 32];
     big_x.copy_from_slice(&msg[64..96]);
-    let y = StaticSecret::from(y);
-    let big_y = PublicKey::from(&y).to_bytes();
-    let xy = y.diffie_hellman(&PublicKey::from(big_x));
-    let xb = keys.secret.diffie_hellman(&PublicKey::from(big_x));
-    if !xy.was_contributory() || !xb.was_contributory() {
-        return Err(HandshakeError::BadShare);
-    }
-    let (auth, okm) = derive(
-        xy.as_bytes(),
-        xb.as_bytes(),
-        id,
-        &keys.public,
-        &big_x,
-        &big_y,
-    )?;
+    let y = K::from_bytes(y);
+    let big_y = y.public_key();
+    let xy = y.agree(&big_x).ok_or(HandshakeError::BadShare)?;
+    let xb = onion.agree(&big_x).ok_or(HandshakeError::BadShare)?;
+    let (auth, okm) = derive(&xy, &xb, id, &onion_public, &big_x, &big_y)?;
     let mut reply = [0u8; SERVER_MSG_LEN];
     reply[..32].copy_from_slice(&big_y);
     reply[32..].copy_from_slice(&auth);

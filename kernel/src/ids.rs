@@ -7,8 +7,8 @@
 use data_encoding::BASE32_NOPAD;
 use rand_core::CryptoRngCore;
 use sha2::{Digest, Sha256};
-use x25519_dalek::{PublicKey, StaticSecret};
 
+use crate::crypto::x25519::{DefaultX25519, X25519Key};
 use crate::error::IdError;
 
 /// A node's identity: SHA-256 of its Ed25519 identity public key.
@@ -57,7 +57,11 @@ impl std::str::FromStr for NodeId {
 /// A node's X25519 onion key pair.
 #[derive(Clone)]
 pub struct OnionKeypair {
-    pub(crate) secret: StaticSecret,
+    /// The secret, ready for agreements with the kernel's X25519 backend.
+    pub(crate) secret: DefaultX25519,
+    /// The secret's bytes, for key files (some backends keep the key in a
+    /// form they cannot export).
+    secret_bytes: [u8; 32],
     /// The public half, published in descriptors.
     pub public: [u8; 32],
 }
@@ -65,19 +69,32 @@ pub struct OnionKeypair {
 impl OnionKeypair {
     /// A fresh key pair.
     pub fn generate(rng: &mut dyn CryptoRngCore) -> OnionKeypair {
-        OnionKeypair::from_secret(StaticSecret::random_from_rng(rng).to_bytes())
+        let mut bytes = [0u8; 32];
+        rng.fill_bytes(&mut bytes);
+        OnionKeypair::from_secret(bytes)
     }
 
     /// A key pair from stored secret bytes.
     pub fn from_secret(bytes: [u8; 32]) -> OnionKeypair {
-        let secret = StaticSecret::from(bytes);
-        let public = PublicKey::from(&secret).to_bytes();
-        OnionKeypair { secret, public }
+        let secret = DefaultX25519::from_bytes(bytes);
+        let public = secret.public_key();
+        OnionKeypair {
+            secret,
+            secret_bytes: bytes,
+            public,
+        }
     }
 
     /// The secret bytes, for storing in a key file.
     pub fn secret_bytes(&self) -> [u8; 32] {
-        self.secret.to_bytes()
+        self.secret_bytes
+    }
+}
+
+impl Drop for OnionKeypair {
+    fn drop(&mut self) {
+        // Best effort, as for the hop keys.
+        self.secret_bytes = [0; 32];
     }
 }
 

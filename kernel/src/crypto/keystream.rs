@@ -15,6 +15,9 @@ use super::aead::{nonce_for, KEY_LEN};
 /// Blocks encrypted per batch.
 const CHUNK_BLOCKS: usize = 8;
 
+/// One AES block, as the batch functions take them.
+pub type Block = aes::Block;
+
 /// An AES-128 encryption key schedule used as a keystream generator.
 #[derive(Clone)]
 pub struct Keystream(Aes128Enc);
@@ -68,53 +71,37 @@ impl Keystream {
         }
     }
 
-    /// Keystream bytes `offset..offset + len` for `count` consecutive counters
-    /// from `first`, written one after another into `out` (`count * len`
-    /// bytes), with as few AES calls as possible: per-call dispatch costs
-    /// more than a block, so the client precomputes its filler this way.
-    pub fn stream_many(&self, first: u64, count: usize, offset: usize, len: usize, out: &mut [u8]) {
-        const BATCH_BLOCKS: usize = 64;
-        let skip = offset % 16;
-        let per = (skip + len).div_ceil(16).max(1);
-        if len == 0 || per > BATCH_BLOCKS {
-            return;
-        }
-        let per_call = BATCH_BLOCKS / per;
-        let mut done = 0;
-        while done < count {
-            let n = per_call.min(count - done);
-            let mut blocks = [GenericArray::default(); BATCH_BLOCKS];
-            for c in 0..n {
-                let nonce = nonce_for(first + (done + c) as u64);
-                for j in 0..per {
-                    let b = &mut blocks[c * per + j];
-                    b[..12].copy_from_slice(&nonce);
-                    b[12..].copy_from_slice(&(2 + (offset / 16 + j) as u32).to_be_bytes());
-                }
-            }
-            self.0.encrypt_blocks(&mut blocks[..n * per]);
-            for c in 0..n {
-                let dst = &mut out[(done + c) * len..(done + c + 1) * len];
-                let mut at = 0;
-                for (j, b) in blocks[c * per..(c + 1) * per].iter().enumerate() {
-                    let from = if j == 0 { skip } else { 0 };
-                    let take = (16 - from).min(len - at);
-                    dst[at..at + take].copy_from_slice(&b[from..from + take]);
-                    at += take;
-                }
-            }
-            done += n;
-        }
+    /// The GCM counter block for byte `16 * block` of a cell's keystream.
+    pub fn counter_block(counter: u64, block: usize) -> Block {
+        // `nonce_for(counter) || BE32(2 + block)` is the big-endian form of
+        // this number (four zero bytes, the counter, the block counter):
+        // one byte swap instead of building the bytes piecewise, which
+        // cost more than the AES when the client builds its filler.
+        let n = (u128::from(counter) << 32) | u128::from((block as u32).wrapping_add(2));
+        Block::from(n.to_be_bytes())
+    }
+
+    /// The PRF input block for a counter: `[0; 4] || BE64(counter) || [0; 4]`.
+    pub fn prf_input(counter: u64) -> Block {
+        Block::from((u128::from(counter) << 32).to_be_bytes())
+    }
+
+    /// Encrypts `blocks` in place in one AES call: counter or PRF input
+    /// blocks built by the caller, as many as it can batch (a call costs
+    /// more than a block, and AES-NI pipelines eight at a time).
+    pub fn encrypt(&self, blocks: &mut [Block]) {
+        self.0.encrypt_blocks(blocks);
     }
 
     /// PRF blocks for `out.len()` consecutive counters from `first`, in one
-    /// AES call.
+    /// AES call per 16 (a small array, so short batches stay cheap).
     pub fn prf_many(&self, first: u64, out: &mut [[u8; 16]]) {
-        for chunk_start in (0..out.len()).step_by(64) {
-            let n = (out.len() - chunk_start).min(64);
-            let mut blocks = [GenericArray::default(); 64];
+        const CHUNK: usize = 16;
+        for chunk_start in (0..out.len()).step_by(CHUNK) {
+            let n = (out.len() - chunk_start).min(CHUNK);
+            let mut blocks = [Block::default(); CHUNK];
             for (k, b) in blocks[..n].iter_mut().enumerate() {
-                b[4..12].copy_from_slice(&(first + (chunk_start + k) as u64).to_be_bytes());
+                *b = Self::prf_input(first + (chunk_start + k) as u64);
             }
             self.0.encrypt_blocks(&mut blocks[..n]);
             for (o, b) in out[chunk_start..chunk_start + n]
@@ -143,12 +130,16 @@ mod tests {
     #[test]
     fn batched_forms_match_single_calls() {
         let ks = Keystream::new(&[5u8; 16]);
-        let mut many = vec![0u8; 7 * 37];
-        ks.stream_many(100, 7, 461, 37, &mut many);
+        // Counter blocks encrypted in one call are the keystream.
+        let mut blocks: Vec<Block> = (0..7)
+            .flat_map(|c| (28..31).map(move |j| Keystream::counter_block(100 + c, j)))
+            .collect();
+        ks.encrypt(&mut blocks);
         for c in 0..7 {
-            let mut one = [0u8; 37];
-            ks.xor_at(100 + c as u64, 461, &mut one);
-            assert_eq!(&many[c * 37..(c + 1) * 37], &one[..]);
+            let mut one = [0u8; 48];
+            ks.xor_at(100 + c as u64, 28 * 16, &mut one);
+            let many: Vec<u8> = blocks[3 * c..3 * c + 3].iter().flatten().copied().collect();
+            assert_eq!(&many[..], &one[..]);
         }
         let mut prfs = [[0u8; 16]; 70];
         ks.prf_many(9, &mut prfs);

@@ -5,7 +5,9 @@
 pub mod aead;
 pub mod keystream;
 pub mod onion;
+pub mod x25519;
 
 pub use aead::{CellAead, DefaultAead, RingGcm, RustCryptoGcm};
 pub use keystream::Keystream;
 pub use onion::{ClientOnion, HopKeys, RelayHop};
+pub use x25519::{DefaultX25519, X25519Key};

@@ -18,7 +18,7 @@
 //! argument for each security property.
 
 use super::aead::{CellAead, DefaultAead, KEY_LEN, TAG_LEN};
-use super::keystream::Keystream;
+use super::keystream::{Block, Keystream};
 use crate::cell::BODY_LEN;
 use crate::error::CryptoError;
 
@@ -142,6 +142,20 @@ impl RelayHop {
         Ok(tag)
     }
 
+    /// [`Self::open_outbound`] and [`Self::prepare_forward`] in one: checks
+    /// and removes this hop's layer, decrypting the plaintext straight to
+    /// the front of the body, and appends this hop's pad. What a middle
+    /// relay does to every cell it forwards. Returns the checked tag.
+    pub fn open_forward(&mut self, body: &mut [u8]) -> Result<[u8; TAG_LEN], CryptoError> {
+        let (tag, _) = split_tag(body)?;
+        self.forward
+            .open_shifted(self.forward_ctr, body, TAG_LEN, &tag)?;
+        let pad = self.pad_for(self.forward_ctr);
+        self.forward_ctr += 1;
+        body[SEALED_LEN..].copy_from_slice(&pad);
+        Ok(tag)
+    }
+
     /// After [`Self::open_outbound`], turns the body into what the next hop
     /// expects: the plaintext moved to the front and this hop's padding
     /// appended.
@@ -189,6 +203,9 @@ struct ClientHop {
     back_seal_ctr: u64,
 }
 
+/// The client's scratch buffer: a body and all outer tags.
+const SCRATCH_LEN: usize = BODY_LEN + MAX_FILLER;
+
 /// Cells whose filler the client computes at once.
 const FILLER_BATCH: usize = 16;
 /// Longest filler: 16 bytes for each hop but the last.
@@ -203,8 +220,10 @@ pub struct ClientOnion {
     /// `tails_from` (the last hop's counter then). The filler depends only on
     /// keys and counters, so it is computed in batches: AES calls of a
     /// few blocks each dominated the wrap otherwise.
-    tails: Vec<[u8; MAX_FILLER]>,
+    tails: Vec<[u128; MAX_HOPS - 1]>,
     tails_from: Option<u64>,
+    /// Counter and PRF blocks for `refill_tails` (reused).
+    blocks: Vec<Block>,
     /// Room for a body and all outer tags (reused, so not zeroed per cell).
     scratch: Vec<u8>,
 }
@@ -219,7 +238,8 @@ impl ClientOnion {
             hops: Vec::new(),
             tails: Vec::new(),
             tails_from: None,
-            scratch: vec![0; BODY_LEN + MAX_FILLER],
+            blocks: Vec::new(),
+            scratch: vec![0; SCRATCH_LEN],
         }
     }
 
@@ -259,56 +279,61 @@ impl ClientOnion {
         self.tails_from = None;
     }
 
-    /// Computes the tails of the next FILLER_BATCH cells.
+    /// Computes the tails of the next FILLER_BATCH cells: per hop, one AES
+    /// call for the pads of all those cells and one for the keystream
+    /// blocks that meet the filler. The tails are kept as big-endian 128-bit
+    /// numbers, so the keystream bytes (which start 13 bytes into a block,
+    /// as 493 is not a multiple of 16) are two shifts per 16 bytes; byte
+    /// loops here cost more than the AES itself. With blocks built in a
+    /// reused buffer and no copies out, the filler of a 3-hop path went from
+    /// ~40 to ~29 ns per cell (paired bench, 7 AES blocks per cell).
     fn refill_tails(&mut self) {
+        // The first filler byte of hop i sits at SEALED_LEN - 16 i, which is
+        // SKIP bytes into a keystream block for every i.
+        const SKIP: usize = SEALED_LEN % 16;
+        const _: () = assert!(SKIP != 0);
         let d = self.hops.len();
-        let fill_len = TAG_LEN * (d - 1);
-        self.tails.resize(FILLER_BATCH, [0; MAX_FILLER]);
-        for t in self.tails.iter_mut() {
-            t.fill(0);
-        }
-        let mut pads = [[0u8; 16]; FILLER_BATCH];
-        let mut ks = [0u8; FILLER_BATCH * MAX_FILLER];
-        for (i, hop) in self.hops[..d - 1].iter().enumerate() {
-            // Hop i+1 decrypts the 16 i bytes of filler so far, then
-            // appends its pad (see wrap_outbound).
-            let have = TAG_LEN * i;
-            if have > 0 {
-                hop.forward_stream.stream_many(
-                    hop.forward_ctr,
-                    FILLER_BATCH,
-                    SEALED_LEN - have,
-                    have,
-                    &mut ks,
-                );
-                for (k, t) in self.tails.iter_mut().enumerate() {
-                    for (b, s) in t[..have].iter_mut().zip(&ks[k * have..(k + 1) * have]) {
-                        *b ^= s;
+        self.tails.resize(FILLER_BATCH, [0; MAX_HOPS - 1]);
+        // A hop's keystream share spans at most MAX_HOPS blocks per cell.
+        self.blocks
+            .resize(FILLER_BATCH * MAX_HOPS, Block::default());
+        for (i, hop) in self.hops.iter().enumerate() {
+            // What hop i+1 (1-based) receives ends with the 16 i bytes of
+            // filler the hops before it appended. It decrypts them with
+            // its keystream there (for the last hop: the client must make
+            // its ciphertext equal them, so the plaintext tail is the
+            // filler XOR that keystream), then appends its own pad.
+            if i > 0 {
+                let first = (SEALED_LEN - TAG_LEN * i) / 16;
+                let per = i + 1;
+                let blocks = &mut self.blocks[..FILLER_BATCH * per];
+                for (k, cell) in blocks.chunks_exact_mut(per).enumerate() {
+                    for (j, b) in cell.iter_mut().enumerate() {
+                        *b = Keystream::counter_block(hop.forward_ctr + k as u64, first + j);
+                    }
+                }
+                hop.forward_stream.encrypt(blocks);
+                for (t, cell) in self.tails.iter_mut().zip(blocks.chunks_exact(per)) {
+                    let mut prev = u128::from_be_bytes(cell[0].into());
+                    for (x, b) in t[..i].iter_mut().zip(&cell[1..]) {
+                        let next = u128::from_be_bytes((*b).into());
+                        *x ^= (prev << (8 * SKIP)) | (next >> (8 * (16 - SKIP)));
+                        prev = next;
                     }
                 }
             }
-            hop.pad.prf_many(hop.forward_ctr, &mut pads);
-            for (t, p) in self.tails.iter_mut().zip(&pads) {
-                t[have..have + TAG_LEN].copy_from_slice(p);
+            if i + 1 < d {
+                let blocks = &mut self.blocks[..FILLER_BATCH];
+                for (k, b) in blocks.iter_mut().enumerate() {
+                    *b = Keystream::prf_input(hop.forward_ctr + k as u64);
+                }
+                hop.pad.encrypt(blocks);
+                for (t, b) in self.tails.iter_mut().zip(blocks.iter()) {
+                    t[i] = u128::from_be_bytes((*b).into());
+                }
             }
         }
-        let last = &self.hops[d - 1];
-        last.forward_stream.stream_many(
-            last.forward_ctr,
-            FILLER_BATCH,
-            SEALED_LEN - fill_len,
-            fill_len,
-            &mut ks,
-        );
-        for (k, t) in self.tails.iter_mut().enumerate() {
-            for (b, s) in t[..fill_len]
-                .iter_mut()
-                .zip(&ks[k * fill_len..(k + 1) * fill_len])
-            {
-                *b ^= s;
-            }
-        }
-        self.tails_from = Some(last.forward_ctr);
+        self.tails_from = Some(self.hops[d - 1].forward_ctr);
     }
 
     /// Wraps a message for the last hop. The caller has written the message
@@ -337,7 +362,10 @@ impl ClientOnion {
                     0
                 }
             } as usize;
-            body[BODY_LEN - fill_len..].copy_from_slice(&self.tails[k][..fill_len]);
+            let tail = &self.tails[k][..d - 1];
+            for (dst, t) in body[BODY_LEN - fill_len..].chunks_exact_mut(16).zip(tail) {
+                dst.copy_from_slice(&t.to_be_bytes());
+            }
         }
         // Seal from the last hop outwards. Each outer hop seals the first
         // 493 bytes of the inner hop's body (its last 16 bytes are the pad
@@ -351,10 +379,10 @@ impl ClientOnion {
             dest_tag = hop.forward.seal(hop.forward_ctr, &mut body[TAG_LEN..])?;
             body[..TAG_LEN].copy_from_slice(&dest_tag);
         } else {
-            if self.scratch.len() < BODY_LEN + MAX_FILLER {
-                self.scratch.resize(BODY_LEN + MAX_FILLER, 0);
+            if self.scratch.len() < SCRATCH_LEN {
+                self.scratch.resize(SCRATCH_LEN, 0);
             }
-            let scratch = &mut self.scratch;
+            let scratch = &mut self.scratch[..SCRATCH_LEN];
             let base = TAG_LEN * (d - 1);
             scratch[base + TAG_LEN..base + BODY_LEN].copy_from_slice(&body[TAG_LEN..]);
             for (k, hop) in self.hops.iter_mut().enumerate().rev() {
@@ -464,6 +492,37 @@ mod tests {
     }
 
     #[test]
+    fn outbound_across_filler_batches() -> Result<(), CryptoError> {
+        // 40 cells cross two filler batches; a hop added mid-way restarts
+        // them at other counters.
+        for n in [2usize, 3, 8] {
+            let (mut c, mut relays) = path(n)?;
+            for round in 0..40u32 {
+                if round == 20 && n < MAX_HOPS {
+                    let k = keys(99);
+                    c.push_hop(&k)?;
+                    relays.push(RelayHop::new(&k)?);
+                }
+                let d = relays.len();
+                let room = outbound_room(d);
+                let mut body = [0u8; BODY_LEN];
+                body[TAG_LEN..TAG_LEN + room].fill(round as u8);
+                let want = body;
+                let tag = c.wrap_outbound(&mut body)?;
+                for (i, r) in relays.iter_mut().enumerate() {
+                    if i + 1 < d {
+                        r.open_forward(&mut body)?;
+                    } else {
+                        assert_eq!(r.open_outbound(&mut body)?, tag);
+                    }
+                }
+                assert_eq!(body[TAG_LEN..TAG_LEN + room], want[TAG_LEN..TAG_LEN + room]);
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
     fn inbound_round_trip_every_length() -> Result<(), CryptoError> {
         for n in 1..=MAX_HOPS {
             let (mut c, mut relays) = path(n)?;
@@ -478,6 +537,31 @@ mod tests {
                 assert_eq!(&body[TAG_LEN..], &want[TAG_LEN..]);
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    fn open_forward_is_open_then_prepare() -> Result<(), CryptoError> {
+        let (mut c, _) = path(3)?;
+        let mut split = RelayHop::new(&keys(1))?;
+        let mut fused = RelayHop::new(&keys(1))?;
+        for round in 0..40u8 {
+            let mut body = [round; BODY_LEN];
+            c.wrap_outbound(&mut body)?;
+            let mut other = body;
+            let t1 = split.open_outbound(&mut body)?;
+            split.prepare_forward(&mut body);
+            let t2 = fused.open_forward(&mut other)?;
+            assert_eq!((t1, body), (t2, other), "cell {round}");
+        }
+        // A tampered cell fails and the counter does not move.
+        let mut body = [0u8; BODY_LEN];
+        c.wrap_outbound(&mut body)?;
+        let good = body;
+        body[100] ^= 1;
+        assert!(fused.open_forward(&mut body).is_err());
+        let mut body = good;
+        fused.open_forward(&mut body)?;
         Ok(())
     }
 

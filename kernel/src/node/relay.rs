@@ -63,8 +63,7 @@ impl Node {
             return;
         }
         let reply = parse_handshake_body(cell.body()).and_then(|msg| {
-            let (id, onion) = (self.id, self.onion.clone());
-            handshake::server_respond(&mut *self.rng, &id, &onion, msg).ok()
+            handshake::server_respond(&mut *self.rng, &self.id, &self.onion, msg).ok()
         });
         let Some((reply, keys)) = reply else {
             self.out.stats.cells_dropped += 1;
@@ -124,7 +123,17 @@ impl Node {
         let Role::Relay(r) = &mut c.role else {
             return;
         };
-        let tag = match r.hop.open_outbound(cell.body_mut()) {
+        // A middle hop peels and pads in one pass; the last hop (or one
+        // still extending) opens the cell for its edge.
+        let next = match (c.next, &r.extend) {
+            (Some((_, next_id)), ExtendState::None) => Some(next_id),
+            _ => None,
+        };
+        let opened = match next {
+            Some(_) => r.hop.open_forward(cell.body_mut()),
+            None => r.hop.open_outbound(cell.body_mut()),
+        };
+        let tag = match opened {
             Ok(tag) => tag,
             Err(_) => {
                 self.out.pool.give(cell);
@@ -132,9 +141,8 @@ impl Node {
                 return;
             }
         };
-        match (c.next, &r.extend) {
-            (Some((_, next_id)), ExtendState::None) => {
-                r.hop.prepare_forward(cell.body_mut());
+        match next {
+            Some(next_id) => {
                 cell.set_circ_id(next_id);
                 self.out.stats.cells_relayed += 1;
                 let queued = self.out.queue_cell(c, circ, Side::Next, cell).unwrap_or(0);
@@ -142,7 +150,7 @@ impl Node {
                     self.kill_circuit(now, circ, EndReason::ResourceLimit);
                 }
             }
-            _ => self.edge_on_cell(now, circ, tag, cell),
+            None => self.edge_on_cell(now, circ, tag, cell),
         }
     }
 
