@@ -85,6 +85,9 @@ pub enum Ended {
     Local,
     /// Silence for the idle timeout.
     IdleTimeout,
+    /// The peer process restarted: a new handshake came from its address
+    /// with a different instance number (see `endpoint`).
+    Replaced,
 }
 
 /// An established connection.
@@ -96,6 +99,8 @@ pub struct Conn {
     seal: SealKey,
     open: OpenKey,
     config: ConnConfig,
+    /// The id the peer chose for this connection (heads every DATA).
+    peer_cid: u64,
     // Send side.
     next_pn: u64,
     sent: BTreeMap<u64, Sent>,
@@ -141,13 +146,15 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// A connection with fresh keys.
+    /// A connection with fresh keys; `peer_cid` is the id the peer chose
+    /// for it.
     pub fn new(
         session: Session,
         initiator: bool,
         config: ConnConfig,
         now: Time,
         seed: u64,
+        peer_cid: u64,
     ) -> Conn {
         Conn {
             peer: session.peer,
@@ -155,6 +162,7 @@ impl Conn {
             seal: session.seal,
             open: session.open,
             config,
+            peer_cid,
             next_pn: 0,
             sent: BTreeMap::new(),
             spare_cell_lists: Vec::new(),
@@ -234,24 +242,26 @@ impl Conn {
         self.ready.len()
     }
 
-    /// Handles a DATA datagram (the whole datagram, header included).
-    pub fn handle_data(&mut self, now: Time, datagram: &mut [u8]) {
+    /// Handles a DATA datagram (the whole datagram, header included);
+    /// false if it was dropped (short, a duplicate or replay, forged or
+    /// corrupt, or malformed inside).
+    pub fn handle_data(&mut self, now: Time, datagram: &mut [u8]) -> bool {
         if datagram.len() < DATA_HEADER + TAG_LEN {
-            return;
+            return false;
         }
-        let mut pn_bytes = [0u8; 8];
-        pn_bytes.copy_from_slice(&datagram[1..9]);
-        let pn = u64::from_be_bytes(pn_bytes);
+        let Some(pn) = data_packet_number(datagram) else {
+            return false;
+        };
         if self.was_received(pn) {
-            return; // duplicate or replay
+            return false; // duplicate or replay
         }
         let (header, body) = datagram.split_at_mut(DATA_HEADER);
         let Ok(plain) = self.open.open_with_aad(pn, header, body) else {
-            return; // forged or corrupt: dropped, the link goes on
+            return false; // forged or corrupt: dropped, the link goes on
         };
         // Validate every frame before acting on any.
         if Frames::new(plain).any(|f| f.is_err()) {
-            return;
+            return false;
         }
         self.record_received(pn, now);
         self.last_recv = now;
@@ -280,6 +290,7 @@ impl Conn {
                 self.ack_deadline = Some(now.plus_nanos(MAX_ACK_DELAY));
             }
         }
+        true
     }
 
     fn was_received(&self, pn: u64) -> bool {
@@ -523,6 +534,7 @@ impl Conn {
         out.clear();
         let limit = self.config.max_datagram - TAG_LEN;
         out.push(DATA);
+        out.extend_from_slice(&self.peer_cid.to_be_bytes());
         out.extend_from_slice(&self.next_pn.to_be_bytes());
         let ack_due = self.ack_pending >= 2
             || self.ack_deadline.is_some_and(|d| d <= now)

@@ -1,10 +1,21 @@
 //! Datagram and frame formats.
 //!
-//! Every datagram starts with a type byte. Handshake datagrams carry Noise
-//! messages in the clear (Noise protects them). DATA datagrams are
-//! `4 || packet number (u64) || AES-256-GCM(frames)` with the first nine
-//! bytes as associated data and the packet number as nonce; a packet number
-//! is never reused, retransmissions go out under fresh ones.
+//! Every datagram starts with a type byte, then the connection id its
+//! receiver chose (8 bytes; see `endpoint` for how ids are exchanged).
+//! Handshake datagrams carry Noise messages in the clear (Noise protects
+//! them):
+//!
+//! - `HS_INIT`: `1 || initiator's id || instance (u64) || cookie length (u8)
+//!   || cookie || message 1`
+//! - `HS_RESP`: `2 || initiator's id || responder's id || instance ||
+//!   message 2`
+//! - `HS_FIN`: `3 || responder's id || message 3`
+//! - `COOKIE`: `5 || initiator's id || cookie (16)`
+//!
+//! DATA datagrams are `4 || receiver's id || packet number (u64) ||
+//! AES-256-GCM(frames)` with the first 17 bytes as associated data and the
+//! packet number as nonce; a packet number is never reused,
+//! retransmissions go out under fresh ones. All integers are big-endian.
 //!
 //! Frames: ACK (largest acknowledged, ACK delay, receive window, up to 32
 //! ranges of received packet numbers, newest first), CELL (the circuit's
@@ -25,8 +36,19 @@ pub const DATA: u8 = 4;
 /// A stateless cookie: retry the handshake with it.
 pub const COOKIE: u8 = 5;
 
-/// DATA header: type and packet number.
-pub const DATA_HEADER: usize = 9;
+/// Bytes of a connection id.
+pub const CID_LEN: usize = 8;
+/// DATA header: type, the receiver's connection id, packet number.
+pub const DATA_HEADER: usize = 1 + CID_LEN + 8;
+
+/// The packet number of a DATA datagram (None for anything else).
+pub fn data_packet_number(datagram: &[u8]) -> Option<u64> {
+    if datagram.first() != Some(&DATA) {
+        return None;
+    }
+    let pn: [u8; 8] = datagram.get(1 + CID_LEN..DATA_HEADER)?.try_into().ok()?;
+    Some(u64::from_be_bytes(pn))
+}
 
 pub const FRAME_ACK: u8 = 1;
 pub const FRAME_CELL: u8 = 2;

@@ -444,7 +444,11 @@ fn handshake_flood_is_answered_with_cookies_and_no_state() {
     let mut out = Vec::new();
     for i in 0..1000u32 {
         let (_, m1) = relay_link::Initiator::start(&a_key, b_id).unwrap();
-        let mut dg = vec![1u8, 0];
+        // HS_INIT: type, initiator's connection id, instance, no cookie.
+        let mut dg = vec![1u8];
+        dg.extend_from_slice(&u64::from(i + 1).to_be_bytes());
+        dg.extend_from_slice(&7u64.to_be_bytes());
+        dg.push(0);
         dg.extend_from_slice(&m1);
         let from: SocketAddr = format!("10.1.{}.{}:7", i / 250, i % 250).parse().unwrap();
         b.handle_datagram(now, from, &mut dg);
