@@ -76,6 +76,55 @@ struct CircuitIn {
     waiting: BTreeMap<u32, Cell>,
 }
 
+/// The receiver's packet-pair estimate of the bottleneck capacity: the
+/// median of the last [`PAIR_SAMPLES`] pairs' `size / arrival gap`
+/// (UDT's estimator; the median discards pairs that were split or
+/// compressed on the way), reported to the sender at most once per
+/// [`crate::cc::udt::SYN`].
+#[derive(Default)]
+struct PairEstimate {
+    samples: VecDeque<u64>,
+    fresh: bool,
+    reported_at: Option<Time>,
+}
+
+/// Pair samples kept for the median.
+const PAIR_SAMPLES: usize = 16;
+
+impl PairEstimate {
+    /// A pair whose second packet of `bytes` came `gap` ns after the first.
+    /// A zero gap (both read in one batch with one timestamp) says nothing.
+    fn sample(&mut self, _now: Time, bytes: usize, gap: u64) {
+        if gap == 0 {
+            return;
+        }
+        if self.samples.len() == PAIR_SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples
+            .push_back((bytes as u128 * 1_000_000_000 / u128::from(gap)) as u64);
+        self.fresh = true;
+    }
+
+    /// The estimate, if a new sample came since the last report and the
+    /// last report is a SYN old.
+    fn take_report(&mut self, now: Time) -> Option<u64> {
+        if !self.fresh
+            || self
+                .reported_at
+                .is_some_and(|t| now.since(t) < crate::cc::udt::SYN)
+        {
+            return None;
+        }
+        let mut sorted: Vec<u64> = self.samples.iter().copied().collect();
+        sorted.sort_unstable();
+        let median = *sorted.get(sorted.len() / 2)?;
+        self.fresh = false;
+        self.reported_at = Some(now);
+        Some(median)
+    }
+}
+
 /// How a connection ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ended {
@@ -119,6 +168,11 @@ pub struct Conn {
     last_ack_eliciting: Time,
     pto_count: u32,
     largest_acked: Option<u64>,
+    /// The first packet of a packet pair just sent (its number and time):
+    /// the next one may leave at once, marked (UDT's capacity probe).
+    pair_first: Option<(u64, Time)>,
+    /// The capacity the peer last reported, bytes per second.
+    peer_capacity: Option<u64>,
     // Receive side.
     received: Vec<(u64, u64)>,
     largest_recv_time: Time,
@@ -128,6 +182,9 @@ pub struct Conn {
     circ_in: crate::FastMap<u32, CircuitIn>,
     ready: VecDeque<Cell>,
     delivered: u64,
+    /// The newest packet accepted and when (the first of a possible pair).
+    last_arrival: Option<(u64, Time)>,
+    capacity: PairEstimate,
     // Life.
     last_recv: Time,
     last_send: Time,
@@ -178,6 +235,8 @@ impl Conn {
             last_ack_eliciting: now,
             pto_count: 0,
             largest_acked: None,
+            pair_first: None,
+            peer_capacity: None,
             received: Vec::new(),
             largest_recv_time: now,
             ack_pending: 0,
@@ -186,6 +245,8 @@ impl Conn {
             circ_in: crate::fast_map(seed ^ 0x5a5a),
             ready: VecDeque::new(),
             delivered: 0,
+            last_arrival: None,
+            capacity: PairEstimate::default(),
             last_recv: now,
             last_send: now,
             close_requested: false,
@@ -252,6 +313,7 @@ impl Conn {
         let Some(pn) = data_packet_number(datagram) else {
             return false;
         };
+        let datagram_len = datagram.len();
         if self.was_received(pn) {
             return false; // duplicate or replay
         }
@@ -268,8 +330,18 @@ impl Conn {
         self.heard_data = true;
         self.handshake_echo = None;
         let mut eliciting = false;
+        let prev_arrival = self.last_arrival.replace((pn, now));
+        let len = datagram_len;
         for frame in Frames::new(plain).flatten() {
             match frame {
+                Frame::Pair => {
+                    if let Some((prev, at)) = prev_arrival {
+                        if prev.checked_add(1) == Some(pn) {
+                            self.capacity.sample(now, len, now.since(at));
+                        }
+                    }
+                }
+                Frame::Capacity(c) => self.peer_capacity = Some(c),
                 Frame::Ack(ack) => self.on_ack(now, &ack),
                 Frame::Cell(seq, raw) => {
                     eliciting = true;
@@ -399,6 +471,7 @@ impl Conn {
                 delivered: self.rate.delivered(),
                 rate: self.rate.take_sample(min_rtt),
                 rtt: rtt_sample,
+                capacity: self.peer_capacity.map(|c| c as f64),
             };
             self.cc.on_ack(now, &sample, &self.rtt);
         }
@@ -487,6 +560,9 @@ impl Conn {
         });
         if window_open && flow_open {
             t = t.min(self.pacing_next);
+            if let Some((_, at)) = self.pair_first {
+                t = t.min(at);
+            }
         }
         if !self.sent.is_empty() && self.pto_count > 0 {
             t = t.min(self.last_send.plus_nanos(self.rtt.pto()));
@@ -541,7 +617,8 @@ impl Conn {
             || self.window_dirty;
         let mut cells = self.spare_cell_lists.pop().unwrap_or_default();
         let mut eliciting = false;
-        let paced = now >= self.pacing_next;
+        let pair_second = self.pair_second_due(now);
+        let paced = now >= self.pacing_next || pair_second;
         let window_open = self.bytes_in_flight + self.config.max_datagram <= self.cc.window();
         if paced && window_open && self.ended.is_none() {
             while out.len() + CELL_FRAME_LEN + 16 * 2 + 14 <= limit {
@@ -566,6 +643,9 @@ impl Conn {
             }
         }
         eliciting |= !cells.is_empty();
+        if pair_second && !cells.is_empty() {
+            out.push(FRAME_PAIR);
+        }
         // Keepalive, or the close once everything is acknowledged.
         if self.close_requested
             && !self.close_sent
@@ -594,6 +674,12 @@ impl Conn {
             return false;
         }
         if want_ack {
+            if let Some(c) = self.capacity.take_report(now) {
+                if limit.saturating_sub(out.len()) >= CAPACITY_FRAME_LEN + 14 + 16 {
+                    out.push(FRAME_CAPACITY);
+                    out.extend_from_slice(&c.to_be_bytes());
+                }
+            }
             let ack = Ack {
                 delay_us: (now.since(self.largest_recv_time) / 1000).min(u64::from(u32::MAX))
                     as u32,
@@ -615,6 +701,9 @@ impl Conn {
         if self.seal.seal_after_header(pn, out, DATA_HEADER).is_err() {
             return false;
         }
+        // Every 16th data packet opens a pair when the controller asks.
+        self.pair_first = (self.cc.probe_pairs() && !cells.is_empty() && pn.is_multiple_of(16))
+            .then_some((pn, now));
         self.last_send = now;
         if eliciting {
             let bytes = out.len();
@@ -653,6 +742,13 @@ impl Conn {
         if !can_send && self.bytes_in_flight + self.config.max_datagram <= self.cc.window() {
             self.rate.on_app_limited(self.bytes_in_flight);
         }
+    }
+
+    /// Whether the packet being built is the second of a packet pair: the
+    /// first left at this very instant.
+    fn pair_second_due(&self, now: Time) -> bool {
+        self.pair_first
+            .is_some_and(|(pn, at)| at == now && pn.checked_add(1) == Some(self.next_pn))
     }
 
     /// Cells sent for the first time since the last call (the driver turns

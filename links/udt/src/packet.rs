@@ -20,8 +20,10 @@
 //! Frames: ACK (largest acknowledged, ACK delay, receive window, up to 32
 //! ranges of received packet numbers, newest first), CELL (the circuit's
 //! sequence number on this link, then the 514-byte cell), PING (elicits an
-//! ACK; the keepalive) and CLOSE (graceful close after everything was
-//! acknowledged).
+//! ACK; the keepalive), CLOSE (graceful close after everything was
+//! acknowledged), CAPACITY (the receiver's packet-pair estimate of the
+//! bottleneck, bytes per second, for the UDT rate controller) and PAIR
+//! (marks the second packet of a back-to-back pair).
 
 use relay_kernel::CELL_LEN;
 
@@ -54,6 +56,12 @@ pub const FRAME_ACK: u8 = 1;
 pub const FRAME_CELL: u8 = 2;
 pub const FRAME_PING: u8 = 3;
 pub const FRAME_CLOSE: u8 = 4;
+/// The bottleneck capacity the receiver estimated from packet pairs.
+pub const FRAME_CAPACITY: u8 = 5;
+/// Marks the second packet of a packet pair.
+pub const FRAME_PAIR: u8 = 6;
+/// Encoded length of a CAPACITY frame.
+pub const CAPACITY_FRAME_LEN: usize = 9;
 
 /// CELL frame: type, circuit sequence, cell.
 pub const CELL_FRAME_LEN: usize = 1 + 4 + CELL_LEN;
@@ -106,6 +114,10 @@ pub enum Frame<'a> {
     Ping,
     /// Graceful close.
     Close,
+    /// Bottleneck capacity, bytes per second.
+    Capacity(u64),
+    /// This packet left right behind the previous packet number.
+    Pair,
 }
 
 /// Frames of a decrypted DATA payload; stops with an error at the first
@@ -174,6 +186,8 @@ impl<'a> Iterator for Frames<'a> {
             }
             FRAME_PING => Some(Frame::Ping),
             FRAME_CLOSE => Some(Frame::Close),
+            FRAME_CAPACITY => take(&mut self.buf, 8).map(|b| Frame::Capacity(u64_at(b))),
+            FRAME_PAIR => Some(Frame::Pair),
             _ => None,
         })();
         match frame {
@@ -204,8 +218,13 @@ mod tests {
         out.extend_from_slice(&3u32.to_be_bytes());
         out.extend_from_slice(&[9u8; CELL_LEN]);
         out.push(FRAME_PING);
+        out.push(FRAME_CAPACITY);
+        out.extend_from_slice(&123_456u64.to_be_bytes());
+        out.push(FRAME_PAIR);
         let frames: Vec<_> = Frames::new(&out).collect();
-        assert_eq!(frames.len(), 3);
+        assert_eq!(frames.len(), 5);
+        assert_eq!(frames[3], Ok(Frame::Capacity(123_456)));
+        assert_eq!(frames[4], Ok(Frame::Pair));
         assert_eq!(frames[0], Ok(Frame::Ack(ack)));
         assert_eq!(frames[1], Ok(Frame::Cell(3, &[9u8; CELL_LEN][..])));
         assert_eq!(frames[2], Ok(Frame::Ping));
