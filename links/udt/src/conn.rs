@@ -4,8 +4,10 @@
 //! Sender: every datagram gets a fresh packet number; cells wait in a send
 //! queue and, once sent, in the `sent` map until acknowledged. A packet is
 //! lost once a packet three numbers later is acknowledged, or once it is
-//! older than 9/8 of the RTT when a later one was acknowledged; its cells go
-//! back to the front of the queue and leave again under new numbers. A probe
+//! older than 9/8 of the RTT when a later one was acknowledged (thresholds
+//! that grow when a retransmission proves spurious, [`crate::reorder`]);
+//! its cells go back to the front of the queue and leave again under new
+//! numbers. A probe
 //! timer (PTO) resends the oldest unacknowledged cells if acknowledgements
 //! stop. The congestion controller (`ConnConfig::cc`: CUBIC or the
 //! BBR-style model, see [`crate::cc`]) bounds the bytes in flight and sets
@@ -29,6 +31,7 @@ use relay_link::Session;
 use crate::cc::rate::{RateSampler, TxState};
 use crate::cc::{AckSample, Congestion, CongestionKind, Rtt};
 use crate::packet::*;
+use crate::reorder::Reordering;
 
 /// Tunables for one connection.
 #[derive(Clone, Copy, Debug)]
@@ -43,6 +46,9 @@ pub struct ConnConfig {
     pub keepalive: u64,
     /// Congestion controller.
     pub cc: CongestionKind,
+    /// Raise the reordering thresholds when a retransmission proves
+    /// spurious ([`crate::reorder`]); false keeps them fixed.
+    pub adaptive_reordering: bool,
 }
 
 impl Default for ConnConfig {
@@ -53,6 +59,7 @@ impl Default for ConnConfig {
             idle_timeout: 15_000_000_000,
             keepalive: 4_000_000_000,
             cc: CongestionKind::default(),
+            adaptive_reordering: true,
         }
     }
 }
@@ -168,6 +175,8 @@ pub struct Conn {
     last_ack_eliciting: Time,
     pto_count: u32,
     largest_acked: Option<u64>,
+    /// Loss-detection thresholds.
+    reorder: Reordering,
     /// The first packet of a packet pair just sent (its number and time):
     /// the next one may leave at once, marked (UDT's capacity probe).
     pair_first: Option<(u64, Time)>,
@@ -235,6 +244,7 @@ impl Conn {
             last_ack_eliciting: now,
             pto_count: 0,
             largest_acked: None,
+            reorder: Reordering::new(config.adaptive_reordering),
             pair_first: None,
             peer_capacity: None,
             received: Vec::new(),
@@ -434,6 +444,7 @@ impl Conn {
         let mut largest_newly = None;
         let prior_in_flight = self.bytes_in_flight;
         for &(lo, hi) in &ack.ranges {
+            self.reorder.acked(lo, hi);
             while let Some(pn) = self.sent.range(lo..=hi).next().map(|(pn, _)| *pn) {
                 let Some(mut s) = self.sent.remove(&pn) else {
                     break;
@@ -447,6 +458,10 @@ impl Conn {
                 s.cells.clear();
                 self.recycle_cell_list(s.cells);
             }
+        }
+        if let Some(&(lo, _)) = ack.ranges.last() {
+            // Older packets can no longer be reported received.
+            self.reorder.forget_below(lo);
         }
         let mut rtt_sample = None;
         if let Some(sent_at) = largest_newly {
@@ -483,13 +498,21 @@ impl Conn {
         let Some(largest) = self.largest_acked else {
             return;
         };
-        let delay = self.rtt.srtt.max(self.rtt.latest) * 9 / 8;
-        let lost: Vec<u64> = self
+        let rtt = self.rtt.srtt.max(self.rtt.latest);
+        let lost: Vec<(u64, bool)> = self
             .sent
             .range(..largest)
-            .filter(|(pn, s)| largest - **pn >= 3 || now.since(s.time) > delay)
-            .map(|(pn, _)| *pn)
+            .filter_map(|(pn, s)| {
+                self.reorder
+                    .lost(largest, *pn, now.since(s.time), rtt)
+                    .map(|by_time| (*pn, by_time))
+            })
             .collect();
+        for &(pn, by_time) in &lost {
+            let cells = self.sent.get(&pn).map_or(0, |s| s.cells.len());
+            self.reorder.declared_lost(pn, largest, by_time, cells);
+        }
+        let lost: Vec<u64> = lost.into_iter().map(|(pn, _)| pn).collect();
         self.requeue(now, &lost);
     }
 
@@ -749,6 +772,17 @@ impl Conn {
     fn pair_second_due(&self, now: Time) -> bool {
         self.pair_first
             .is_some_and(|(pn, at)| at == now && pn.checked_add(1) == Some(self.next_pn))
+    }
+
+    /// Packets and cells retransmitted for nothing so far: declared lost,
+    /// then acknowledged after all (reordering, not loss).
+    pub fn spurious(&self) -> (u64, u64) {
+        (self.reorder.spurious_packets, self.reorder.spurious_cells)
+    }
+
+    /// The current packet threshold of loss detection.
+    pub fn reorder_threshold(&self) -> u64 {
+        self.reorder.packet_threshold()
     }
 
     /// Cells sent for the first time since the last call (the driver turns

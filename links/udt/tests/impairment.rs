@@ -514,6 +514,61 @@ fn exact_delivery_with_reordering_and_duplication() {
     report("reorder+dup", &mut sim);
 }
 
+/// A bulk transfer over a path that delays 30% of datagrams by up to
+/// 3 ms (reordering by up to ~100 packets at 50 MB/s), no loss; returns
+/// spurious (packets, cells), cells retransmitted, the final packet
+/// threshold and the goodput.
+fn heavy_reordering(adaptive: bool) -> ((u64, u64), u64, u64, f64) {
+    let model = PathModel {
+        reorder: 0.3,
+        ..PathModel::default()
+    };
+    let cfg = EndpointConfig {
+        conn: ConnConfig {
+            adaptive_reordering: adaptive,
+            ..ConnConfig::default()
+        },
+        ..EndpointConfig::default()
+    };
+    let mut sim = Sim::with_config(model, PathModel::default(), 21, cfg);
+    sim.transfer(&[1, 2, 3, 4], 10_000, 3, 120_000_000_000);
+    let first = sim.deliveries.first().map_or(0, |d| d.0.nanos());
+    let last = sim.deliveries.last().map_or(0, |d| d.0.nanos());
+    let goodput = sim.deliveries.len() as f64 * 514.0 * 1e9 / (last - first).max(1) as f64;
+    let b_addr = sim.b_addr;
+    let conn = sim.a.conn_ref(&b_addr).unwrap();
+    (
+        conn.spurious(),
+        conn.retransmitted_cells,
+        conn.reorder_threshold(),
+        goodput,
+    )
+}
+
+/// With heavy reordering and no loss, every retransmission is spurious;
+/// the adaptive thresholds make far fewer than the fixed ones, delivery is
+/// exact either way (the transfer checks every cell).
+#[test]
+fn adaptive_reordering_threshold_avoids_spurious_retransmissions() {
+    let (fixed, fixed_retx, fixed_thr, fixed_g) = heavy_reordering(false);
+    let (adaptive, adaptive_retx, adaptive_thr, adaptive_g) = heavy_reordering(true);
+    eprintln!(
+        "heavy reordering: fixed threshold {fixed_thr}: spurious {fixed:?}, retransmitted {fixed_retx} cells, {fixed_g:.0} B/s; \
+         adaptive (now {adaptive_thr}): spurious {adaptive:?}, retransmitted {adaptive_retx} cells, {adaptive_g:.0} B/s"
+    );
+    assert_eq!(fixed_thr, 3);
+    assert!(adaptive_thr > 3);
+    assert!(fixed.1 > 300, "the path did not reorder enough: {fixed:?}");
+    // No loss: whatever was resent, was resent for nothing.
+    assert_eq!((fixed.1, adaptive.1), (fixed_retx, adaptive_retx));
+    assert!(
+        adaptive.1 * 5 < fixed.1,
+        "adaptive {adaptive:?} vs fixed {fixed:?}"
+    );
+    // Spurious losses also cut the congestion window for nothing.
+    assert!(adaptive_g > fixed_g);
+}
+
 #[test]
 fn exact_delivery_through_a_small_bottleneck_queue() {
     let mut sim = run(
