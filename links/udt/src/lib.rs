@@ -10,6 +10,7 @@ pub mod cc;
 pub mod conn;
 pub mod endpoint;
 pub mod packet;
+pub mod pathsim;
 pub mod reorder;
 mod socket;
 
