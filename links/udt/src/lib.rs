@@ -12,6 +12,7 @@ pub mod endpoint;
 pub mod packet;
 pub mod pathsim;
 pub mod reorder;
+mod sent;
 mod socket;
 
 use std::collections::HashMap;

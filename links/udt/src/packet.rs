@@ -68,38 +68,50 @@ pub const CELL_FRAME_LEN: usize = 1 + 4 + CELL_LEN;
 /// Most ranges in one ACK frame.
 pub const MAX_ACK_RANGES: usize = 32;
 
-/// An ACK frame.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct Ack {
+/// Encoded length of an ACK frame with `ranges` ranges.
+pub fn ack_len(ranges: usize) -> usize {
+    1 + 4 + 8 + 1 + 16 * ranges
+}
+
+/// Appends an ACK frame: `delay_us` the microseconds the receiver held it
+/// (for RTT), `max_cells` the cells it will accept in total (flow
+/// control), `ranges` inclusive ranges of received packet numbers, highest
+/// first, not overlapping (at most [`MAX_ACK_RANGES`] are written).
+pub fn write_ack(out: &mut Vec<u8>, delay_us: u32, max_cells: u64, ranges: &[(u64, u64)]) {
+    let ranges = &ranges[..ranges.len().min(MAX_ACK_RANGES)];
+    out.push(FRAME_ACK);
+    out.extend_from_slice(&delay_us.to_be_bytes());
+    out.extend_from_slice(&max_cells.to_be_bytes());
+    out.push(ranges.len() as u8);
+    for (lo, hi) in ranges {
+        out.extend_from_slice(&lo.to_be_bytes());
+        out.extend_from_slice(&hi.to_be_bytes());
+    }
+}
+
+/// A received ACK frame, borrowing its ranges from the datagram (parsing
+/// allocates nothing). The parser checked that the ranges are well formed:
+/// `lo <= hi`, highest first, not overlapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ack<'a> {
     /// Microseconds the receiver held the ACK (for RTT).
     pub delay_us: u32,
     /// Cells the receiver will accept in total (flow control).
     pub max_cells: u64,
-    /// Inclusive ranges of received packet numbers, highest first.
-    pub ranges: Vec<(u64, u64)>,
+    raw: &'a [u8],
 }
 
-impl Ack {
-    /// Encoded length.
-    pub fn len(&self) -> usize {
-        1 + 4 + 8 + 1 + 16 * self.ranges.len()
+impl<'a> Ack<'a> {
+    /// The ranges, highest first.
+    pub fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + 'a {
+        self.raw
+            .chunks_exact(16)
+            .map(|r| (u64_at(r), u64_at(&r[8..])))
     }
 
-    /// Whether it acknowledges nothing.
-    pub fn is_empty(&self) -> bool {
-        self.ranges.is_empty()
-    }
-
-    /// Appends the frame.
-    pub fn write(&self, out: &mut Vec<u8>) {
-        out.push(FRAME_ACK);
-        out.extend_from_slice(&self.delay_us.to_be_bytes());
-        out.extend_from_slice(&self.max_cells.to_be_bytes());
-        out.push(self.ranges.len() as u8);
-        for (lo, hi) in &self.ranges {
-            out.extend_from_slice(&lo.to_be_bytes());
-            out.extend_from_slice(&hi.to_be_bytes());
-        }
+    /// How many ranges.
+    pub fn range_count(&self) -> usize {
+        self.raw.len() / 16
     }
 }
 
@@ -107,7 +119,7 @@ impl Ack {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
     /// Acknowledgements.
-    Ack(Ack),
+    Ack(Ack<'a>),
     /// A cell with its circuit sequence number.
     Cell(u32, &'a [u8]),
     /// Keepalive.
@@ -165,19 +177,20 @@ impl<'a> Iterator for Frames<'a> {
                 if n > MAX_ACK_RANGES {
                     return None;
                 }
-                let mut ranges = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let r = take(&mut self.buf, 16)?;
+                let raw = take(&mut self.buf, 16 * n)?;
+                // Each range well formed and below the one before it.
+                let mut floor = u64::MAX;
+                for r in raw.chunks_exact(16) {
                     let (lo, hi) = (u64_at(r), u64_at(&r[8..]));
-                    if lo > hi {
+                    if lo > hi || hi >= floor {
                         return None;
                     }
-                    ranges.push((lo, hi));
+                    floor = lo;
                 }
                 Some(Frame::Ack(Ack {
                     delay_us: u32_at(h),
                     max_cells: u64_at(&h[4..]),
-                    ranges,
+                    raw,
                 }))
             }
             FRAME_CELL => {
@@ -206,14 +219,11 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    #[allow(clippy::panic)]
     fn frames_round_trip() {
         let mut out = Vec::new();
-        let ack = Ack {
-            delay_us: 7,
-            max_cells: 99,
-            ranges: vec![(10, 20), (1, 5)],
-        };
-        ack.write(&mut out);
+        write_ack(&mut out, 7, 99, &[(10, 20), (1, 5)]);
+        assert_eq!(out.len(), ack_len(2));
         out.push(FRAME_CELL);
         out.extend_from_slice(&3u32.to_be_bytes());
         out.extend_from_slice(&[9u8; CELL_LEN]);
@@ -225,9 +235,22 @@ mod tests {
         assert_eq!(frames.len(), 5);
         assert_eq!(frames[3], Ok(Frame::Capacity(123_456)));
         assert_eq!(frames[4], Ok(Frame::Pair));
-        assert_eq!(frames[0], Ok(Frame::Ack(ack)));
+        let Ok(Frame::Ack(ack)) = frames[0] else {
+            panic!("{:?}", frames[0]);
+        };
+        assert_eq!((ack.delay_us, ack.max_cells), (7, 99));
+        assert_eq!(ack.ranges().collect::<Vec<_>>(), [(10, 20), (1, 5)]);
         assert_eq!(frames[1], Ok(Frame::Cell(3, &[9u8; CELL_LEN][..])));
         assert_eq!(frames[2], Ok(Frame::Ping));
+    }
+
+    #[test]
+    fn unordered_or_overlapping_ranges_are_malformed() {
+        for ranges in [[(1, 5), (10, 20)], [(10, 20), (5, 10)], [(10, 20), (9, 3)]] {
+            let mut out = Vec::new();
+            write_ack(&mut out, 0, 0, &ranges);
+            assert!(Frames::new(&out).any(|f| f.is_err()), "{ranges:?} accepted");
+        }
     }
 
     proptest! {
