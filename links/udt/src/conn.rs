@@ -28,6 +28,7 @@ use relay_kernel::{Cell, NodeId, Time};
 use relay_link::transport::{OpenKey, SealKey, TAG_LEN};
 use relay_link::Session;
 
+use crate::blocks::Blocks;
 use crate::cc::rate::RateSampler;
 use crate::cc::{AckSample, Congestion, CongestionKind, Rtt};
 use crate::packet::*;
@@ -323,7 +324,8 @@ impl Conn {
     /// Handles a DATA datagram (the whole datagram, header included);
     /// false if it was dropped (short, a duplicate or replay, forged or
     /// corrupt, or malformed inside).
-    pub fn handle_data(&mut self, now: Time, datagram: &mut [u8]) -> bool {
+    /// Received cells are copied into `blocks`.
+    pub fn handle_data(&mut self, now: Time, datagram: &mut [u8], blocks: &mut Blocks) -> bool {
         if datagram.len() < DATA_HEADER + TAG_LEN {
             return false;
         }
@@ -362,7 +364,7 @@ impl Conn {
                 Frame::Ack(ack) => self.on_ack(now, &ack),
                 Frame::Cell(seq, raw) => {
                     eliciting = true;
-                    self.on_cell(seq, raw);
+                    self.on_cell(seq, raw, blocks);
                 }
                 Frame::Ping => eliciting = true,
                 Frame::Close => {
@@ -422,8 +424,8 @@ impl Conn {
         *r = merged;
     }
 
-    fn on_cell(&mut self, seq: u32, raw: &[u8]) {
-        let Ok(cell) = Cell::from_slice(raw) else {
+    fn on_cell(&mut self, seq: u32, raw: &[u8], blocks: &mut Blocks) {
+        let Ok(cell) = blocks.cell(raw) else {
             return;
         };
         let st = self.circ_in.entry(cell.raw_circ_id()).or_default();

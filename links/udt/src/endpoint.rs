@@ -33,6 +33,7 @@ use relay_kernel::{NodeId, Time};
 use relay_link::{Initiator, LinkError, Responder, StaticKey};
 use ring::hmac;
 
+use crate::blocks::Blocks;
 use crate::conn::{Conn, ConnConfig, Ended};
 use crate::packet::*;
 
@@ -176,6 +177,8 @@ pub struct Endpoint {
     events: VecDeque<EndpointEvent>,
     outbox: VecDeque<(SocketAddr, Vec<u8>)>,
     cookie_key: hmac::Key,
+    /// Where received cells are copied.
+    blocks: Blocks,
     /// This endpoint's instance number (see the module docs).
     instance: u64,
     /// Connection ids drawn so far.
@@ -226,6 +229,7 @@ impl Endpoint {
             events: VecDeque::new(),
             outbox: VecDeque::new(),
             cookie_key,
+            blocks: Blocks::default(),
             instance,
             cids_drawn: 0,
             seed,
@@ -300,7 +304,7 @@ impl Endpoint {
                 match pos {
                     Some(pos) if self.meta[pos].addr == from => {
                         self.touch(pos);
-                        if !self.slots[pos].handle_data(now, data) {
+                        if !self.slots[pos].handle_data(now, data, &mut self.blocks) {
                             self.dropped += 1;
                         }
                     }
