@@ -21,6 +21,9 @@ use relay_kernel::{Cell, Time};
 
 use crate::cc::rate::TxState;
 
+/// Slots an empty record keeps allocated.
+const SPARE_SLOTS: usize = 64;
+
 /// One packet in flight.
 pub struct Sent {
     /// When it was sent.
@@ -62,7 +65,10 @@ impl InFlight {
     /// Records packet `pn`, newer than every packet recorded before.
     pub fn insert(&mut self, pn: u64, sent: Sent) {
         if self.count == 0 {
+            // Nothing in flight: start over at `pn`, and give back the
+            // room a past burst left (a relay has many idle connections).
             self.slots.clear();
+            self.slots.shrink_to(SPARE_SLOTS);
             self.base = pn;
         }
         let Some(gap) = pn.checked_sub(self.base + self.slots.len() as u64) else {
