@@ -2,7 +2,9 @@
 //!
 //! `endpoint` and `conn` are the sans-IO protocol core (datagrams and `now`
 //! in, datagrams, cells and events out), which netsim can drive in virtual
-//! time; `packet` is the wire format and `cc` the congestion controllers.
+//! time; `packet` is the wire format, `cc` the congestion controllers,
+//! `reorder` the loss-detection thresholds, `pathsim` a two-endpoint path
+//! simulator for tests and benches.
 //! [`UdtTransport`] is the tokio driver: one UDP socket per node for all
 //! peers, one task owning the endpoint.
 
