@@ -418,7 +418,7 @@ impl Conn {
         let mut merged: Vec<(u64, u64)> = Vec::with_capacity(r.len());
         for &(lo, hi) in r.iter() {
             match merged.last_mut() {
-                Some(last) if lo <= last.0.saturating_add(1) && hi + 1 >= last.0 => {
+                Some(last) if lo <= last.0.saturating_add(1) && hi.saturating_add(1) >= last.0 => {
                     last.0 = last.0.min(lo);
                     last.1 = last.1.max(hi);
                 }

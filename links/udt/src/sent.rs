@@ -149,7 +149,10 @@ impl InFlight {
                 }
                 pn += 1;
             }
-            self.scanned = top + 1;
+            // Never past the newest packet recorded: a peer acknowledging
+            // numbers never sent must not hide later packets from scans.
+            let ring_end = self.base + self.slots.len() as u64;
+            self.scanned = self.scanned.max(top.saturating_add(1).min(ring_end));
         }
     }
 
@@ -173,6 +176,22 @@ mod tests {
             cells: Vec::new(),
             tx: r.on_send(Time(t), 0),
         }
+    }
+
+    #[test]
+    fn acknowledging_numbers_never_sent_changes_nothing_later() {
+        let mut ring = InFlight::default();
+        ring.insert(0, sent(0));
+        let mut n = 0;
+        ring.acknowledge(&[(0, u64::MAX)], |_, _| n += 1);
+        assert_eq!(n, 1);
+        ring.insert(5, sent(5));
+        ring.insert(6, sent(6));
+        ring.acknowledge(&[(6, 6)], |_, _| n += 1);
+        assert_eq!(n, 2);
+        assert_eq!(ring.holes().collect::<Vec<_>>(), [5]);
+        ring.acknowledge(&[(5, 6)], |_, _| n += 1);
+        assert_eq!((n, ring.oldest()), (3, None));
     }
 
     /// The ring against a reference model under random sends, ACKs of
