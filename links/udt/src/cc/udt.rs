@@ -56,6 +56,8 @@ const MAX_DECREASES: u32 = 5;
 const MIN_INC: f64 = 0.01;
 /// UDT's increase parameter (beta).
 const INC_BETA: f64 = 1.5e-6;
+/// The largest capacity a receiver's report is taken for, bytes per second.
+const MAX_CAPACITY: f64 = 12.5e9;
 /// The window's ceiling in slow start, packets (UDT's default flow
 /// window, 25,600 packets).
 const MAX_SLOW_START_PACKETS: f64 = 25_600.0;
@@ -170,7 +172,9 @@ impl Congestion for UdtRate {
     fn on_ack(&mut self, now: Time, ack: &AckSample, rtt: &Rtt) {
         self.srtt = rtt.srtt;
         if let Some(c) = ack.capacity {
-            self.capacity = c;
+            // The peer's claim, bounded: a lying receiver could only
+            // speed up our increase, never past 100 Gbit/s of "capacity".
+            self.capacity = c.min(MAX_CAPACITY);
         }
         if let Some(r) = ack.rate.filter(|r| !r.app_limited).and_then(|r| r.rate()) {
             self.recv_rate = if self.recv_rate == 0.0 {
