@@ -28,7 +28,7 @@ pub struct Scenario {
     /// Link kind: one of [`LINK_KINDS`].
     #[serde(default = "default_link")]
     pub link: String,
-    /// Congestion controller of udt links: "cubic" or "bbr" (None: the udt
+    /// Congestion controller of udt links: "cubic", "bbr" or "udt" (None: the udt
     /// default).
     #[serde(default)]
     pub cc: Option<String>,

@@ -13,8 +13,8 @@ use relay_kernel::{Cell, NodeId, Time};
 use relay_link::{Identity, StaticKey};
 use relay_link_udt::cc::CongestionKind;
 use relay_link_udt::conn::ConnConfig;
-use relay_link_udt::endpoint::{Endpoint, EndpointConfig, EndpointEvent};
-use relay_link_udt::packet::{DATA, DATA_HEADER};
+use relay_link_udt::endpoint::{ConnId, Endpoint, EndpointConfig, EndpointEvent};
+use relay_link_udt::packet::data_packet_number;
 
 use crate::error::SimError;
 
@@ -89,6 +89,10 @@ pub fn keep_newer(me: NodeId, peer: NodeId, old_initiator: bool, new_initiator: 
 /// The real udt endpoint.
 pub struct UdtCore {
     ep: Endpoint,
+    /// The connection a host knows per address (the host keeps one link
+    /// per address; a Closed of an older connection it already replaced
+    /// must not take down the newer one).
+    current: std::collections::HashMap<SocketAddr, ConnId>,
 }
 
 impl UdtCore {
@@ -112,6 +116,7 @@ impl UdtCore {
         };
         Ok(UdtCore {
             ep: Endpoint::new(key, config, secret),
+            current: std::collections::HashMap::new(),
         })
     }
 }
@@ -142,19 +147,32 @@ impl LinkCore for UdtCore {
     }
 
     fn poll_event(&mut self) -> Option<CoreEvent> {
-        self.ep.poll_event().map(|ev| match ev {
-            EndpointEvent::Connected {
-                addr,
-                peer,
-                initiator,
-            } => CoreEvent::Connected {
-                addr,
-                peer,
-                initiator,
-            },
-            EndpointEvent::ConnectFailed { addr, .. } => CoreEvent::ConnectFailed { addr },
-            EndpointEvent::Closed { addr, .. } => CoreEvent::Closed { addr },
-        })
+        loop {
+            let ev = match self.ep.poll_event()? {
+                EndpointEvent::Connected {
+                    id,
+                    addr,
+                    peer,
+                    initiator,
+                } => {
+                    self.current.insert(addr, id);
+                    CoreEvent::Connected {
+                        addr,
+                        peer,
+                        initiator,
+                    }
+                }
+                EndpointEvent::ConnectFailed { addr, .. } => CoreEvent::ConnectFailed { addr },
+                EndpointEvent::Closed { id, addr, .. } => {
+                    if self.current.get(&addr) != Some(&id) {
+                        continue; // an older connection the host replaced
+                    }
+                    self.current.remove(&addr);
+                    CoreEvent::Closed { addr }
+                }
+            };
+            return Some(ev);
+        }
     }
 
     fn queued_cells(&mut self, addr: &SocketAddr) -> Option<usize> {
@@ -180,13 +198,11 @@ impl LinkCore for UdtCore {
     }
 
     fn datagram_circuits(&mut self, to: &SocketAddr, datagram: &[u8], out: &mut Vec<u32>) {
-        if datagram.first() != Some(&DATA) || datagram.len() < DATA_HEADER {
+        let Some(pn) = data_packet_number(datagram) else {
             return;
-        }
-        let mut pn = [0u8; 8];
-        pn.copy_from_slice(&datagram[1..DATA_HEADER]);
+        };
         if let Some(c) = self.ep.conn_ref(to) {
-            out.extend(c.packet_circuits(u64::from_be_bytes(pn)));
+            out.extend(c.packet_circuits(pn));
         }
     }
 }

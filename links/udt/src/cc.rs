@@ -1,7 +1,7 @@
 //! Congestion control for udt links behind one trait, plus the RTT
 //! estimator.
 //!
-//! Two controllers, chosen per connection by [`CongestionKind`] in
+//! Three controllers, chosen per connection by [`CongestionKind`] in
 //! `ConnConfig`:
 //!
 //! - [`Cubic`] (RFC 9438), loss-based: every loss episode cuts the window
@@ -12,7 +12,11 @@
 //!   [`rate`]) and the minimum RTT, paces at a gain times the bandwidth and
 //!   bounds the bytes in flight at twice their product. Random loss does
 //!   not move it; only a round trip losing over 5% of its packets bounds
-//!   its window (BBRv2-style).
+//!   its window (BBRv2-style);
+//! - [`udt::UdtRate`], UDT's rate-based DAIMD: the rate changes once per
+//!   10 ms, up by an amount set by the spare capacity (packet-pair
+//!   estimate of the bottleneck minus the current rate), down by 1/9 on a
+//!   loss event, with UDT's limits on repeated decreases.
 //!
 //! The connection feeds the controller an [`AckSample`] per ACK (bytes
 //! acknowledged, the delivery-rate sample, bytes in flight, the RTT sample)
@@ -21,6 +25,7 @@
 
 pub mod bbr;
 pub mod rate;
+pub mod udt;
 
 use relay_kernel::Time;
 use relay_link::transport::TAG_LEN;
@@ -35,6 +40,8 @@ pub enum CongestionKind {
     Cubic,
     /// The BBR-style model ([`bbr::Bbr`]).
     Bbr,
+    /// UDT's rate-based scheme ([`udt::UdtRate`]).
+    UdtRate,
 }
 
 impl CongestionKind {
@@ -46,6 +53,7 @@ impl CongestionKind {
                 max_datagram.saturating_sub(crate::packet::DATA_HEADER + TAG_LEN),
             )),
             CongestionKind::Bbr => Box::new(bbr::Bbr::new(max_datagram, seed)),
+            CongestionKind::UdtRate => Box::new(udt::UdtRate::new(max_datagram, seed)),
         }
     }
 }
@@ -57,7 +65,10 @@ impl std::str::FromStr for CongestionKind {
         match s {
             "cubic" => Ok(CongestionKind::Cubic),
             "bbr" => Ok(CongestionKind::Bbr),
-            _ => Err(format!("congestion control must be cubic or bbr, not {s}")),
+            "udt" => Ok(CongestionKind::UdtRate),
+            _ => Err(format!(
+                "congestion control must be cubic, bbr or udt, not {s}"
+            )),
         }
     }
 }
@@ -67,6 +78,7 @@ impl std::fmt::Display for CongestionKind {
         f.write_str(match self {
             CongestionKind::Cubic => "cubic",
             CongestionKind::Bbr => "bbr",
+            CongestionKind::UdtRate => "udt",
         })
     }
 }
@@ -86,6 +98,9 @@ pub struct AckSample {
     pub rate: Option<RateSample>,
     /// The RTT sample of this ACK (ACK delay removed), if it gave one.
     pub rtt: Option<u64>,
+    /// The bottleneck capacity the receiver last estimated from packet
+    /// pairs, bytes per second (only senders that send pairs get one).
+    pub capacity: Option<f64>,
 }
 
 /// Smoothed RTT state (RFC 9002 style), in nanoseconds.
@@ -153,6 +168,12 @@ pub trait Congestion: Send {
         // Pace at 1.25 × window per smoothed RTT.
         let w = self.window().max(1) as u128;
         (u128::from(rtt.srtt) * bytes as u128 * 4 / (w * 5)) as u64
+    }
+    /// Whether the sender should send packet pairs (every 16th data
+    /// packet and the next back to back, the second marked) so that the
+    /// receiver estimates the bottleneck capacity.
+    fn probe_pairs(&self) -> bool {
+        false
     }
 }
 

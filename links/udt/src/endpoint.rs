@@ -1,5 +1,5 @@
-//! The sans-IO udt endpoint: one UDP socket's worth of connections, keyed by
-//! peer address, plus their handshakes.
+//! The sans-IO udt endpoint: one UDP socket's worth of connections, keyed
+//! by connection id, plus their handshakes.
 //!
 //! Handshake: `HS_INIT` (Noise message 1, optionally with a cookie),
 //! `HS_RESP` (message 2, with the responder's certified identity), `HS_FIN`
@@ -9,6 +9,22 @@
 //! (an HMAC of the sender's address and the current 10-second epoch), so a
 //! flood of spoofed handshakes costs the responder no state and no
 //! Diffie-Hellman (WireGuard's defence).
+//!
+//! Connection ids: each side picks a random 64-bit id for every
+//! connection, the one its peer puts at the front of every datagram it
+//! sends on it (QUIC's destination connection id). The initiator's id
+//! travels in `HS_INIT` and comes back in `HS_RESP` and `COOKIE`; the
+//! responder's in `HS_RESP`, `HS_FIN` and every `DATA`. So several
+//! connections can share one address pair, and a handshake from an
+//! address that already has a connection is a new connection, not a
+//! duplicate. Each endpoint also sends a random *instance* number in its
+//! handshake message, the same for all of its connections: when a
+//! handshake completes with an instance that differs from that of the
+//! connections already open to that address, the peer process there has
+//! restarted, and those connections are closed at once
+//! ([`Ended::Replaced`]) instead of idling out. Only a completed,
+//! authenticated handshake closes anything: an off-path attacker cannot
+//! complete one from someone else's address.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -17,8 +33,15 @@ use relay_kernel::{NodeId, Time};
 use relay_link::{Initiator, LinkError, Responder, StaticKey};
 use ring::hmac;
 
+use crate::blocks::Blocks;
 use crate::conn::{Conn, ConnConfig, Ended};
 use crate::packet::*;
+
+/// Names a connection of an endpoint: the id the peer puts in every
+/// datagram it sends on it (chosen by us, unique among our connections and
+/// dials, never reused).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
 
 /// Endpoint tunables.
 #[derive(Clone, Copy, Debug)]
@@ -49,6 +72,8 @@ impl Default for EndpointConfig {
 pub enum EndpointEvent {
     /// A connection is established.
     Connected {
+        /// The connection (for a dial: the id `connect` returned).
+        id: ConnId,
         /// Peer address.
         addr: SocketAddr,
         /// Authenticated peer.
@@ -58,13 +83,18 @@ pub enum EndpointEvent {
     },
     /// A dial failed.
     ConnectFailed {
+        /// The id `connect` returned.
+        id: ConnId,
         /// Peer address.
         addr: SocketAddr,
         /// Why.
         error: LinkError,
     },
-    /// A connection ended.
+    /// A connection ended. A connection replaced by a restarted peer is
+    /// reported before the new connection's `Connected`.
     Closed {
+        /// The connection.
+        id: ConnId,
         /// Peer address.
         addr: SocketAddr,
         /// How.
@@ -74,6 +104,7 @@ pub enum EndpointEvent {
 
 enum Pending {
     Dialing {
+        addr: SocketAddr,
         init: Initiator,
         msg1: Vec<u8>,
         cookie: Vec<u8>,
@@ -81,17 +112,31 @@ enum Pending {
         last_sent: Time,
     },
     Answering {
+        addr: SocketAddr,
+        /// The initiator's id for this connection.
+        peer_cid: u64,
+        peer_instance: u64,
         resp: Responder,
+        /// The whole `HS_RESP` datagram, resent on a repeated `HS_INIT`.
         msg2: Vec<u8>,
         started: Time,
     },
 }
 
+/// Per-slot facts about an established connection.
+#[derive(Clone, Copy)]
+struct Meta {
+    id: ConnId,
+    addr: SocketAddr,
+    peer_cid: u64,
+    peer_instance: u64,
+}
+
 /// The endpoint.
 ///
 /// Connections live in `slots`, in the order they were established (the
-/// round-robin order of `poll_transmit`); `conns` maps addresses to slot
-/// positions and is iterated (in its hash order) by `handle_timeout`.
+/// round-robin order of `poll_transmit`); `conns` maps connection ids to
+/// slot positions and is iterated (in its hash order) by `handle_timeout`.
 /// Per slot, dense arrays cache what the hot paths need so that they do
 /// not visit every connection:
 ///
@@ -109,10 +154,18 @@ enum Pending {
 pub struct Endpoint {
     key: StaticKey,
     config: EndpointConfig,
-    pending: crate::FastMap<SocketAddr, Pending>,
-    conns: crate::FastMap<SocketAddr, usize>,
+    /// Handshakes in progress, by our id for the connection.
+    pending: crate::FastMap<u64, Pending>,
+    /// `Answering` handshakes by (address, initiator's id).
+    answering: crate::FastMap<(SocketAddr, u64), u64>,
+    conns: crate::FastMap<u64, usize>,
+    /// Established connections by (address, peer's id).
+    peers: crate::FastMap<(SocketAddr, u64), u64>,
+    /// The newest connection to each address.
+    newest: crate::FastMap<SocketAddr, u64>,
     slots: Vec<Conn>,
-    order: Vec<SocketAddr>,
+    meta: Vec<Meta>,
+    ids: Vec<ConnId>,
     hint: Vec<u64>,
     deadline: Vec<u64>,
     check: Vec<bool>,
@@ -124,6 +177,12 @@ pub struct Endpoint {
     events: VecDeque<EndpointEvent>,
     outbox: VecDeque<(SocketAddr, Vec<u8>)>,
     cookie_key: hmac::Key,
+    /// Where received cells are copied.
+    blocks: Blocks,
+    /// This endpoint's instance number (see the module docs).
+    instance: u64,
+    /// Connection ids drawn so far.
+    cids_drawn: u64,
     seed: u64,
     /// Datagrams dropped as malformed or unauthenticated.
     pub dropped: u64,
@@ -132,20 +191,35 @@ pub struct Endpoint {
 const COOKIE_LEN: usize = 16;
 const COOKIE_EPOCH: u64 = 10_000_000_000;
 
+fn cid_at(b: &[u8]) -> Option<u64> {
+    let b: [u8; CID_LEN] = b.get(..CID_LEN)?.try_into().ok()?;
+    Some(u64::from_be_bytes(b))
+}
+
 impl Endpoint {
-    /// An endpoint with this node's static key; `secret` seeds cookies and
-    /// hash tables (from the caller's RNG).
+    /// An endpoint with this node's static key; `secret` seeds cookies,
+    /// connection ids, the instance number and hash tables (from the
+    /// caller's RNG; a restarted process must use a fresh one).
     pub fn new(key: StaticKey, config: EndpointConfig, secret: [u8; 32]) -> Endpoint {
         let seed = u64::from_le_bytes([
             secret[0], secret[1], secret[2], secret[3], secret[4], secret[5], secret[6], secret[7],
         ]);
+        let cookie_key = hmac::Key::new(hmac::HMAC_SHA256, &secret);
+        let instance = {
+            let tag = hmac::sign(&cookie_key, b"udt instance");
+            cid_at(tag.as_ref()).unwrap_or(seed)
+        };
         Endpoint {
             key,
             config,
             pending: crate::fast_map(seed),
+            answering: crate::fast_map(seed ^ 2),
             conns: crate::fast_map(seed ^ 1),
+            peers: crate::fast_map(seed ^ 3),
+            newest: crate::fast_map(seed ^ 4),
             slots: Vec::new(),
-            order: Vec::new(),
+            meta: Vec::new(),
+            ids: Vec::new(),
             hint: Vec::new(),
             deadline: Vec::new(),
             check: Vec::new(),
@@ -154,39 +228,49 @@ impl Endpoint {
             rr: 0,
             events: VecDeque::new(),
             outbox: VecDeque::new(),
-            cookie_key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
+            cookie_key,
+            blocks: Blocks::default(),
+            instance,
+            cids_drawn: 0,
             seed,
             dropped: 0,
         }
     }
 
-    /// Dials `addr`, expecting node `expected`.
+    /// This endpoint's instance number.
+    pub fn instance(&self) -> u64 {
+        self.instance
+    }
+
+    /// A fresh connection id: a keyed hash of a counter (unpredictable to
+    /// others, deterministic for a simulator), never 0, never in use.
+    fn draw_cid(&mut self) -> u64 {
+        loop {
+            self.cids_drawn += 1;
+            let tag = hmac::sign(&self.cookie_key, &self.cids_drawn.to_be_bytes());
+            let cid = cid_at(tag.as_ref()).unwrap_or(self.cids_drawn);
+            if cid != 0 && !self.pending.contains_key(&cid) && !self.conns.contains_key(&cid) {
+                return cid;
+            }
+        }
+    }
+
+    /// Dials `addr`, expecting node `expected`; the connection will carry
+    /// the returned id. Several connections to one address may coexist.
     pub fn connect(
         &mut self,
         now: Time,
         addr: SocketAddr,
         expected: NodeId,
-    ) -> Result<(), LinkError> {
-        // One connection per address pair (packets carry no connection id).
-        if let Some(c) = self.conn_ref(&addr) {
-            return Err(if c.peer == expected {
-                LinkError::Handshake("already connected to that address")
-            } else {
-                LinkError::WrongPeer {
-                    expected,
-                    got: c.peer,
-                }
-            });
-        }
-        if self.pending.contains_key(&addr) {
-            return Err(LinkError::Handshake("already connecting to that address"));
-        }
+    ) -> Result<ConnId, LinkError> {
         let (init, msg1) = Initiator::start(&self.key, expected)?;
-        let dg = init_datagram(&[], &msg1);
+        let cid = self.draw_cid();
+        let dg = init_datagram(cid, self.instance, &[], &msg1);
         self.outbox.push_back((addr, dg));
         self.pending.insert(
-            addr,
+            cid,
             Pending::Dialing {
+                addr,
                 init,
                 msg1,
                 cookie: Vec::new(),
@@ -194,7 +278,7 @@ impl Endpoint {
                 last_sent: now,
             },
         );
-        Ok(())
+        Ok(ConnId(cid))
     }
 
     fn cookie_for(&self, now: Time, addr: &SocketAddr, epoch_back: u64) -> [u8; COOKIE_LEN] {
@@ -212,46 +296,72 @@ impl Endpoint {
             return;
         };
         match ty {
-            DATA => match self.conns.get(&from).copied() {
-                Some(pos) => {
-                    self.touch(pos);
-                    self.slots[pos].handle_data(now, data);
+            DATA => {
+                // The id routes the datagram; it must also come from the
+                // connection's address (no migration), which spares an
+                // AEAD open for a forged id.
+                let pos = cid_at(&data[1..]).and_then(|cid| self.conns.get(&cid).copied());
+                match pos {
+                    Some(pos) if self.meta[pos].addr == from => {
+                        self.touch(pos);
+                        if !self.slots[pos].handle_data(now, data, &mut self.blocks) {
+                            self.dropped += 1;
+                        }
+                    }
+                    _ => self.dropped += 1,
                 }
-                None => self.dropped += 1,
-            },
+            }
             HS_INIT => self.on_init(now, from, &data[1..]),
             HS_RESP => self.on_resp(now, from, &data[1..]),
             HS_FIN => self.on_fin(now, from, &data[1..]),
-            COOKIE => {
-                if let Some(Pending::Dialing {
-                    cookie,
-                    msg1,
-                    last_sent,
-                    ..
-                }) = self.pending.get_mut(&from)
-                {
-                    if data.len() == 1 + COOKIE_LEN {
-                        *cookie = data[1..].to_vec();
-                        *last_sent = now;
-                        let dg = init_datagram(cookie, msg1);
-                        self.outbox.push_back((from, dg));
-                    }
-                }
+            COOKIE => self.on_cookie(now, from, &data[1..]),
+            _ => self.dropped += 1,
+        }
+    }
+
+    fn on_cookie(&mut self, now: Time, from: SocketAddr, body: &[u8]) {
+        let Some(cid) = cid_at(body) else {
+            self.dropped += 1;
+            return;
+        };
+        let instance = self.instance;
+        match self.pending.get_mut(&cid) {
+            Some(Pending::Dialing {
+                addr,
+                cookie,
+                msg1,
+                last_sent,
+                ..
+            }) if *addr == from && body.len() == CID_LEN + COOKIE_LEN => {
+                *cookie = body[CID_LEN..].to_vec();
+                *last_sent = now;
+                let dg = init_datagram(cid, instance, cookie, msg1);
+                self.outbox.push_back((from, dg));
             }
             _ => self.dropped += 1,
         }
     }
 
     fn on_init(&mut self, now: Time, from: SocketAddr, body: &[u8]) {
-        if self.conns.contains_key(&from) {
+        // cid (8) || instance (8) || cookie length (1) || cookie || msg1
+        let (Some(peer_cid), Some(peer_instance)) =
+            (cid_at(body), body.get(CID_LEN..).and_then(cid_at))
+        else {
+            self.dropped += 1;
+            return;
+        };
+        if self.peers.contains_key(&(from, peer_cid)) {
+            return; // a late copy of an established connection's message 1
+        }
+        if let Some(Pending::Answering { msg2, .. }) = self
+            .answering
+            .get(&(from, peer_cid))
+            .and_then(|cid| self.pending.get(cid))
+        {
+            self.outbox.push_back((from, msg2.clone()));
             return;
         }
-        if let Some(Pending::Answering { msg2, .. }) = self.pending.get(&from) {
-            let dg = [&[HS_RESP][..], msg2].concat();
-            self.outbox.push_back((from, dg));
-            return;
-        }
-        let Some((&clen, rest)) = body.split_first() else {
+        let Some((&clen, rest)) = body[2 * CID_LEN..].split_first() else {
             self.dropped += 1;
             return;
         };
@@ -265,6 +375,7 @@ impl Endpoint {
             let valid = (0..2).any(|back| cookie == self.cookie_for(now, &from, back));
             if !valid {
                 let mut dg = vec![COOKIE];
+                dg.extend_from_slice(&peer_cid.to_be_bytes());
                 dg.extend_from_slice(&self.cookie_for(now, &from, 0));
                 self.outbox.push_back((from, dg));
                 return;
@@ -272,13 +383,22 @@ impl Endpoint {
         }
         match Responder::respond(&self.key, msg1) {
             Ok((resp, msg2)) => {
-                let dg = [&[HS_RESP][..], &msg2].concat();
-                self.outbox.push_back((from, dg));
+                let cid = self.draw_cid();
+                let mut dg = vec![HS_RESP];
+                dg.extend_from_slice(&peer_cid.to_be_bytes());
+                dg.extend_from_slice(&cid.to_be_bytes());
+                dg.extend_from_slice(&self.instance.to_be_bytes());
+                dg.extend_from_slice(&msg2);
+                self.outbox.push_back((from, dg.clone()));
+                self.answering.insert((from, peer_cid), cid);
                 self.pending.insert(
-                    from,
+                    cid,
                     Pending::Answering {
+                        addr: from,
+                        peer_cid,
+                        peer_instance,
                         resp,
-                        msg2,
+                        msg2: dg,
                         started: now,
                     },
                 );
@@ -287,24 +407,28 @@ impl Endpoint {
         }
     }
 
-    fn on_resp(&mut self, now: Time, from: SocketAddr, msg2: &[u8]) {
-        if let Some(c) = self.conn_ref(&from) {
-            // Our message 3 was lost: send it again.
-            if let Some(fin) = &c.handshake_echo {
-                self.outbox.push_back((from, fin.clone()));
-            }
+    fn on_resp(&mut self, now: Time, from: SocketAddr, body: &[u8]) {
+        // initiator's cid (8) || responder's cid (8) || instance (8) || msg2
+        let (Some(cid), Some(peer_cid), Some(peer_instance)) = (
+            cid_at(body),
+            body.get(CID_LEN..).and_then(cid_at),
+            body.get(2 * CID_LEN..).and_then(cid_at),
+        ) else {
+            self.dropped += 1;
             return;
-        }
-        if !matches!(self.pending.get(&from), Some(Pending::Dialing { .. })) {
+        };
+        if !matches!(self.pending.get(&cid), Some(Pending::Dialing { addr, .. }) if *addr == from) {
             self.dropped += 1;
             return;
         }
-        let Some(Pending::Dialing { init, started, .. }) = self.pending.remove(&from) else {
+        let Some(Pending::Dialing { init, started, .. }) = self.pending.remove(&cid) else {
             return;
         };
-        match init.finish(msg2) {
+        match init.finish(&body[3 * CID_LEN..]) {
             Ok((msg3, session)) => {
-                let fin = [&[HS_FIN][..], &msg3].concat();
+                let mut fin = vec![HS_FIN];
+                fin.extend_from_slice(&peer_cid.to_be_bytes());
+                fin.extend_from_slice(&msg3);
                 self.outbox.push_back((from, fin.clone()));
                 let mut conn = Conn::new(
                     session,
@@ -312,26 +436,49 @@ impl Endpoint {
                     self.config.conn,
                     now,
                     self.seed ^ now.nanos(),
+                    peer_cid,
                 );
                 conn.rtt.sample(now.since(started));
                 conn.handshake_echo = Some(fin);
-                self.add_conn(from, conn);
+                let meta = Meta {
+                    id: ConnId(cid),
+                    addr: from,
+                    peer_cid,
+                    peer_instance,
+                };
+                self.add_conn(meta, conn);
             }
-            Err(error) => self
-                .events
-                .push_back(EndpointEvent::ConnectFailed { addr: from, error }),
+            Err(error) => self.events.push_back(EndpointEvent::ConnectFailed {
+                id: ConnId(cid),
+                addr: from,
+                error,
+            }),
         }
     }
 
-    fn on_fin(&mut self, now: Time, from: SocketAddr, msg3: &[u8]) {
-        if !matches!(self.pending.get(&from), Some(Pending::Answering { .. })) {
+    fn on_fin(&mut self, now: Time, from: SocketAddr, body: &[u8]) {
+        // responder's cid (8) || msg3
+        let Some(cid) = cid_at(body) else {
+            self.dropped += 1;
+            return;
+        };
+        if !matches!(self.pending.get(&cid), Some(Pending::Answering { addr, .. }) if *addr == from)
+        {
             self.dropped += 1;
             return;
         }
-        let Some(Pending::Answering { resp, started, .. }) = self.pending.remove(&from) else {
+        let Some(Pending::Answering {
+            resp,
+            started,
+            peer_cid,
+            peer_instance,
+            ..
+        }) = self.pending.remove(&cid)
+        else {
             return;
         };
-        match resp.finish(msg3) {
+        self.answering.remove(&(from, peer_cid));
+        match resp.finish(&body[CID_LEN..]) {
             Ok(session) => {
                 let mut conn = Conn::new(
                     session,
@@ -339,24 +486,46 @@ impl Endpoint {
                     self.config.conn,
                     now,
                     self.seed ^ now.nanos(),
+                    peer_cid,
                 );
                 conn.rtt.sample(now.since(started));
-                self.add_conn(from, conn);
+                let meta = Meta {
+                    id: ConnId(cid),
+                    addr: from,
+                    peer_cid,
+                    peer_instance,
+                };
+                self.add_conn(meta, conn);
             }
             Err(_) => self.dropped += 1,
         }
     }
 
-    fn add_conn(&mut self, addr: SocketAddr, conn: Conn) {
+    fn add_conn(&mut self, meta: Meta, conn: Conn) {
+        // The peer process at this address restarted: its old connections
+        // are dead; report them before the new one.
+        let stale: Vec<ConnId> = self
+            .meta
+            .iter()
+            .filter(|m| m.addr == meta.addr && m.peer_instance != meta.peer_instance)
+            .map(|m| m.id)
+            .collect();
+        for id in stale {
+            self.remove(id, Ended::Replaced);
+        }
         self.events.push_back(EndpointEvent::Connected {
-            addr,
+            id: meta.id,
+            addr: meta.addr,
             peer: conn.peer,
             initiator: conn.initiator,
         });
         let pos = self.slots.len();
-        self.conns.insert(addr, pos);
+        self.conns.insert(meta.id.0, pos);
+        self.peers.insert((meta.addr, meta.peer_cid), meta.id.0);
+        self.newest.insert(meta.addr, meta.id.0);
         self.slots.push(conn);
-        self.order.push(addr);
+        self.meta.push(meta);
+        self.ids.push(meta.id);
         self.hint.push(0);
         self.deadline.push(0);
         self.check.push(false);
@@ -382,22 +551,40 @@ impl Endpoint {
         }
     }
 
-    /// The connection to `addr`.
-    pub fn conn(&mut self, addr: &SocketAddr) -> Option<&mut Conn> {
-        let pos = *self.conns.get(addr)?;
+    /// The connection `id`.
+    pub fn conn_by_id(&mut self, id: ConnId) -> Option<&mut Conn> {
+        let pos = *self.conns.get(&id.0)?;
         self.touch(pos);
         self.slots.get_mut(pos)
     }
 
-    /// The connection to `addr`, read only (leaves the endpoint's caches
-    /// valid, unlike [`Endpoint::conn`]).
-    pub fn conn_ref(&self, addr: &SocketAddr) -> Option<&Conn> {
-        self.conns.get(addr).and_then(|&pos| self.slots.get(pos))
+    /// The connection `id`, read only (leaves the endpoint's caches valid).
+    pub fn conn_by_id_ref(&self, id: ConnId) -> Option<&Conn> {
+        self.conns.get(&id.0).and_then(|&pos| self.slots.get(pos))
     }
 
-    /// Addresses of established connections.
-    pub fn addrs(&self) -> &[SocketAddr] {
-        &self.order
+    /// The newest connection to `addr` (for callers with one connection
+    /// per address).
+    pub fn conn(&mut self, addr: &SocketAddr) -> Option<&mut Conn> {
+        let id = *self.newest.get(addr)?;
+        self.conn_by_id(ConnId(id))
+    }
+
+    /// The newest connection to `addr`, read only (leaves the endpoint's
+    /// caches valid, unlike [`Endpoint::conn`]).
+    pub fn conn_ref(&self, addr: &SocketAddr) -> Option<&Conn> {
+        let id = *self.newest.get(addr)?;
+        self.conn_by_id_ref(ConnId(id))
+    }
+
+    /// The id of the newest connection to `addr`.
+    pub fn conn_id_to(&self, addr: &SocketAddr) -> Option<ConnId> {
+        self.newest.get(addr).map(|&id| ConnId(id))
+    }
+
+    /// Ids of established connections, in the order they were established.
+    pub fn ids(&self) -> &[ConnId] {
+        &self.ids
     }
 
     /// The next event.
@@ -428,7 +615,7 @@ impl Endpoint {
             if c.poll_transmit(now, out) {
                 self.touch(pos);
                 self.rr = (pos + 1) % n;
-                return Some(self.order[pos]);
+                return Some(self.meta[pos].addr);
             }
             self.hint[pos] = c.transmit_hint().nanos().max(1);
         }
@@ -479,9 +666,10 @@ impl Endpoint {
         let retry = self.config.handshake_retry;
         let limit = self.config.handshake_timeout;
         let mut failed = Vec::new();
-        for (addr, p) in self.pending.iter_mut() {
+        for (cid, p) in self.pending.iter_mut() {
             match p {
                 Pending::Dialing {
+                    addr,
                     msg1,
                     cookie,
                     started,
@@ -489,26 +677,33 @@ impl Endpoint {
                     ..
                 } => {
                     if now.since(*started) >= limit {
-                        failed.push((*addr, true));
+                        failed.push(*cid);
                     } else if now.since(*last_sent) >= retry {
                         *last_sent = now;
-                        self.outbox.push_back((*addr, init_datagram(cookie, msg1)));
+                        let dg = init_datagram(*cid, self.instance, cookie, msg1);
+                        self.outbox.push_back((*addr, dg));
                     }
                 }
                 Pending::Answering { started, .. } => {
                     if now.since(*started) >= limit {
-                        failed.push((*addr, false));
+                        failed.push(*cid);
                     }
                 }
             }
         }
-        for (addr, dialing) in failed {
-            self.pending.remove(&addr);
-            if dialing {
-                self.events.push_back(EndpointEvent::ConnectFailed {
-                    addr,
-                    error: LinkError::HandshakeTimeout,
-                });
+        for cid in failed {
+            match self.pending.remove(&cid) {
+                Some(Pending::Dialing { addr, .. }) => {
+                    self.events.push_back(EndpointEvent::ConnectFailed {
+                        id: ConnId(cid),
+                        addr,
+                        error: LinkError::HandshakeTimeout,
+                    });
+                }
+                Some(Pending::Answering { addr, peer_cid, .. }) => {
+                    self.answering.remove(&(addr, peer_cid));
+                }
+                None => {}
             }
         }
         self.settle();
@@ -517,7 +712,7 @@ impl Endpoint {
         // In the map's order, as before the caches; a connection whose
         // timer is not due and that has nothing to report is left alone
         // (its handle_timeout would do nothing).
-        for (addr, &pos) in self.conns.iter() {
+        for (_, &pos) in self.conns.iter() {
             let due = self.deadline[pos] <= t || self.naive;
             if !due && !self.check[pos] {
                 continue;
@@ -533,41 +728,53 @@ impl Endpoint {
             }
             if c.needs_handshake_echo() && now.since(c.rtt_anchor()) >= retry {
                 if let Some(fin) = &c.handshake_echo {
-                    self.outbox.push_back((*addr, fin.clone()));
+                    self.outbox.push_back((self.meta[pos].addr, fin.clone()));
                 }
                 c.touch_echo(now);
             }
             if let Some(e) = c.ended() {
                 if *e != Ended::Peer || c.ready_len() == 0 {
-                    ended.push((*addr, e.clone()));
+                    ended.push((self.meta[pos].id, e.clone()));
                 }
             } else if c.close_done() {
-                ended.push((*addr, Ended::Local));
+                ended.push((self.meta[pos].id, Ended::Local));
             }
         }
-        for (addr, reason) in ended {
-            self.remove(addr, reason);
+        for (id, reason) in ended {
+            self.remove(id, reason);
         }
     }
 
     /// Forgets a connection and reports it.
-    pub fn remove(&mut self, addr: SocketAddr, reason: Ended) {
+    pub fn remove(&mut self, id: ConnId, reason: Ended) {
         self.settle();
-        if let Some(pos) = self.conns.remove(&addr) {
-            self.slots.remove(pos);
-            self.order.remove(pos);
-            self.hint.remove(pos);
-            self.deadline.remove(pos);
-            self.check.remove(pos);
-            for p in self.conns.values_mut() {
-                if *p > pos {
-                    *p -= 1;
-                }
+        let Some(pos) = self.conns.remove(&id.0) else {
+            return;
+        };
+        self.slots.remove(pos);
+        let meta = self.meta.remove(pos);
+        self.ids.remove(pos);
+        self.hint.remove(pos);
+        self.deadline.remove(pos);
+        self.check.remove(pos);
+        for p in self.conns.values_mut() {
+            if *p > pos {
+                *p -= 1;
             }
-            self.rr = 0;
-            self.events
-                .push_back(EndpointEvent::Closed { addr, reason });
         }
+        self.peers.remove(&(meta.addr, meta.peer_cid));
+        if self.newest.get(&meta.addr) == Some(&id.0) {
+            match self.meta.iter().rev().find(|m| m.addr == meta.addr) {
+                Some(m) => self.newest.insert(meta.addr, m.id.0),
+                None => self.newest.remove(&meta.addr),
+            };
+        }
+        self.rr = 0;
+        self.events.push_back(EndpointEvent::Closed {
+            id,
+            addr: meta.addr,
+            reason,
+        });
     }
 
     /// Number of handshakes in progress.
@@ -576,8 +783,12 @@ impl Endpoint {
     }
 }
 
-fn init_datagram(cookie: &[u8], msg1: &[u8]) -> Vec<u8> {
-    let mut dg = vec![HS_INIT, cookie.len() as u8];
+/// `HS_INIT`: type, the initiator's id and instance, cookie, message 1.
+fn init_datagram(cid: u64, instance: u64, cookie: &[u8], msg1: &[u8]) -> Vec<u8> {
+    let mut dg = vec![HS_INIT];
+    dg.extend_from_slice(&cid.to_be_bytes());
+    dg.extend_from_slice(&instance.to_be_bytes());
+    dg.push(cookie.len() as u8);
     dg.extend_from_slice(cookie);
     dg.extend_from_slice(msg1);
     dg

@@ -2,14 +2,20 @@
 //!
 //! `endpoint` and `conn` are the sans-IO protocol core (datagrams and `now`
 //! in, datagrams, cells and events out), which netsim can drive in virtual
-//! time; `packet` is the wire format and `cc` the congestion controllers.
+//! time; `packet` is the wire format, `cc` the congestion controllers,
+//! `reorder` the loss-detection thresholds, `pathsim` a two-endpoint path
+//! simulator for tests and benches.
 //! [`UdtTransport`] is the tokio driver: one UDP socket per node for all
 //! peers, one task owning the endpoint.
 
+mod blocks;
 pub mod cc;
 pub mod conn;
 pub mod endpoint;
 pub mod packet;
+pub mod pathsim;
+pub mod reorder;
+mod sent;
 mod socket;
 
 use std::collections::HashMap;
@@ -32,7 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
 use crate::conn::{ConnConfig, Ended};
-use crate::endpoint::{Endpoint, EndpointConfig, EndpointEvent};
+use crate::endpoint::{ConnId, Endpoint, EndpointConfig, EndpointEvent};
 use crate::socket::{BatchSocket, GsoBatch, RecvBufs};
 
 /// A hash map with a seeded foldhash (peers choose circuit ids and
@@ -70,15 +76,14 @@ impl Credit {
 }
 
 /// A batch of cells from one link's node, or (`None`) the end of its queue,
-/// tagged with the link's address and number (a stale stream of a closed
-/// link must not feed a newer connection to the same address).
-type OutBatch = (SocketAddr, u64, Option<Vec<Cell>>);
+/// tagged with the link's connection (ids are never reused, so a stale
+/// stream of a closed link cannot feed a newer connection).
+type OutBatch = (ConnId, Option<Vec<Cell>>);
 
 /// The node's queue for one link as a stream of batches, taking no more
 /// than the connection's credit allows.
 fn outgoing_stream(
-    addr: SocketAddr,
-    link: u64,
+    id: ConnId,
     mut rx: CellRx,
     credit: Arc<Credit>,
 ) -> impl futures_util::Stream<Item = OutBatch> + Send {
@@ -99,11 +104,11 @@ fn outgoing_stream(
         match rx.poll_recv_many(cx, &mut cells, room.min(TAKE_BATCH)) {
             Poll::Ready(0) => {
                 ended = true;
-                Poll::Ready(Some((addr, link, None)))
+                Poll::Ready(Some((id, None)))
             }
             Poll::Ready(n) => {
                 credit.avail.fetch_sub(n, Ordering::AcqRel);
-                Poll::Ready(Some((addr, link, Some(cells))))
+                Poll::Ready(Some((id, Some(cells))))
             }
             Poll::Pending => Poll::Pending,
         }
@@ -153,7 +158,6 @@ impl UdtTransport {
             accepted: acc_tx,
             links: HashMap::new(),
             outgoing: SelectAll::new(),
-            link_count: 0,
             room: FuturesUnordered::new(),
             dialing: HashMap::new(),
             config,
@@ -171,8 +175,6 @@ impl UdtTransport {
 }
 
 struct LinkSlot {
-    /// Distinguishes successive links to one address.
-    number: u64,
     incoming: CellTx,
     closed: CloseCell,
     credit: Arc<Credit>,
@@ -185,12 +187,11 @@ struct Driver {
     endpoint: Endpoint,
     start: Instant,
     accepted: mpsc::Sender<Link>,
-    links: HashMap<SocketAddr, LinkSlot>,
+    links: HashMap<ConnId, LinkSlot>,
     outgoing: SelectAll<futures_util::stream::BoxStream<'static, OutBatch>>,
-    link_count: u64,
     /// Wake-ups for links whose node queue was full.
-    room: FuturesUnordered<futures_util::future::BoxFuture<'static, SocketAddr>>,
-    dialing: HashMap<SocketAddr, oneshot::Sender<Result<Link, LinkError>>>,
+    room: FuturesUnordered<futures_util::future::BoxFuture<'static, ConnId>>,
+    dialing: HashMap<ConnId, oneshot::Sender<Result<Link, LinkError>>>,
     config: LinkConfig,
     dead: Arc<AtomicBool>,
 }
@@ -227,8 +228,8 @@ impl Driver {
                         self.on_connect(cmd);
                     }
                 }
-                Some(addr) = self.room.next(), if !self.room.is_empty() => {
-                    if let Some(slot) = self.links.get_mut(&addr) {
+                Some(id) = self.room.next(), if !self.room.is_empty() => {
+                    if let Some(slot) = self.links.get_mut(&id) {
                         slot.awaiting_room = false;
                     }
                 }
@@ -276,8 +277,8 @@ impl Driver {
             reply,
         } = cmd;
         match self.endpoint.connect(now, addr, expected) {
-            Ok(()) => {
-                self.dialing.insert(addr, reply);
+            Ok(id) => {
+                self.dialing.insert(id, reply);
             }
             Err(e) => {
                 let _ = reply.send(Err(e));
@@ -285,11 +286,11 @@ impl Driver {
         }
     }
 
-    fn on_outgoing(&mut self, (addr, link, cells): OutBatch) {
-        if self.links.get(&addr).map(|s| s.number) != Some(link) {
+    fn on_outgoing(&mut self, (id, cells): OutBatch) {
+        if !self.links.contains_key(&id) {
             return;
         }
-        let Some(c) = self.endpoint.conn(&addr) else {
+        let Some(c) = self.endpoint.conn_by_id(id) else {
             return;
         };
         match cells {
@@ -305,30 +306,32 @@ impl Driver {
         while let Some(ev) = self.endpoint.poll_event() {
             match ev {
                 EndpointEvent::Connected {
+                    id,
                     addr,
                     peer,
                     initiator,
                 } => {
-                    let link = self.open_link(addr, peer, initiator);
+                    let link = self.open_link(id, addr, peer, initiator);
                     if initiator {
-                        if let Some(reply) = self.dialing.remove(&addr) {
+                        if let Some(reply) = self.dialing.remove(&id) {
                             let _ = reply.send(Ok(link));
                         }
                     } else {
                         let _ = self.accepted.try_send(link);
                     }
                 }
-                EndpointEvent::ConnectFailed { addr, error } => {
-                    if let Some(reply) = self.dialing.remove(&addr) {
+                EndpointEvent::ConnectFailed { id, error, .. } => {
+                    if let Some(reply) = self.dialing.remove(&id) {
                         let _ = reply.send(Err(error));
                     }
                 }
-                EndpointEvent::Closed { addr, reason } => {
-                    if let Some(slot) = self.links.remove(&addr) {
+                EndpointEvent::Closed { id, reason, .. } => {
+                    if let Some(slot) = self.links.remove(&id) {
                         slot.closed.set(match reason {
                             Ended::Peer => CloseReason::Peer,
                             Ended::Local => CloseReason::Local,
                             Ended::IdleTimeout => CloseReason::IdleTimeout,
+                            Ended::Replaced => CloseReason::Error("the peer restarted".to_string()),
                         });
                         // Dropping the slot ends the link's queues.
                     }
@@ -336,9 +339,9 @@ impl Driver {
             }
         }
         // Cells for the nodes, and send credit back.
-        let addrs: Vec<SocketAddr> = self.endpoint.addrs().to_vec();
-        for addr in addrs {
-            let (Some(conn), Some(slot)) = (self.endpoint.conn(&addr), self.links.get_mut(&addr))
+        let ids: Vec<ConnId> = self.endpoint.ids().to_vec();
+        for id in ids {
+            let (Some(conn), Some(slot)) = (self.endpoint.conn_by_id(id), self.links.get_mut(&id))
             else {
                 continue;
             };
@@ -358,7 +361,7 @@ impl Driver {
                 self.room.push(
                     async move {
                         let _ = tx.ready().await;
-                        addr
+                        id
                     }
                     .boxed(),
                 );
@@ -374,18 +377,15 @@ impl Driver {
         flush(&self.socket, batch).await;
     }
 
-    fn open_link(&mut self, addr: SocketAddr, peer: NodeId, initiator: bool) -> Link {
+    fn open_link(&mut self, id: ConnId, addr: SocketAddr, peer: NodeId, initiator: bool) -> Link {
         let (link, io) = link_pair(&self.config, peer, addr, initiator);
         let credit = Arc::new(Credit::default());
         credit.add(SEND_CREDIT);
-        self.link_count += 1;
-        let number = self.link_count;
         self.outgoing
-            .push(outgoing_stream(addr, number, io.outgoing, credit.clone()).boxed());
+            .push(outgoing_stream(id, io.outgoing, credit.clone()).boxed());
         self.links.insert(
-            addr,
+            id,
             LinkSlot {
-                number,
                 incoming: io.incoming,
                 closed: io.closed,
                 credit,

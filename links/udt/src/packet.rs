@@ -1,16 +1,29 @@
 //! Datagram and frame formats.
 //!
-//! Every datagram starts with a type byte. Handshake datagrams carry Noise
-//! messages in the clear (Noise protects them). DATA datagrams are
-//! `4 || packet number (u64) || AES-256-GCM(frames)` with the first nine
-//! bytes as associated data and the packet number as nonce; a packet number
-//! is never reused, retransmissions go out under fresh ones.
+//! Every datagram starts with a type byte, then the connection id its
+//! receiver chose (8 bytes; see `endpoint` for how ids are exchanged).
+//! Handshake datagrams carry Noise messages in the clear (Noise protects
+//! them):
+//!
+//! - `HS_INIT`: `1 || initiator's id || instance (u64) || cookie length (u8)
+//!   || cookie || message 1`
+//! - `HS_RESP`: `2 || initiator's id || responder's id || instance ||
+//!   message 2`
+//! - `HS_FIN`: `3 || responder's id || message 3`
+//! - `COOKIE`: `5 || initiator's id || cookie (16)`
+//!
+//! DATA datagrams are `4 || receiver's id || packet number (u64) ||
+//! AES-256-GCM(frames)` with the first 17 bytes as associated data and the
+//! packet number as nonce; a packet number is never reused,
+//! retransmissions go out under fresh ones. All integers are big-endian.
 //!
 //! Frames: ACK (largest acknowledged, ACK delay, receive window, up to 32
 //! ranges of received packet numbers, newest first), CELL (the circuit's
 //! sequence number on this link, then the 514-byte cell), PING (elicits an
-//! ACK; the keepalive) and CLOSE (graceful close after everything was
-//! acknowledged).
+//! ACK; the keepalive), CLOSE (graceful close after everything was
+//! acknowledged), CAPACITY (the receiver's packet-pair estimate of the
+//! bottleneck, bytes per second, for the UDT rate controller) and PAIR
+//! (marks the second packet of a back-to-back pair).
 
 use relay_kernel::CELL_LEN;
 
@@ -25,51 +38,80 @@ pub const DATA: u8 = 4;
 /// A stateless cookie: retry the handshake with it.
 pub const COOKIE: u8 = 5;
 
-/// DATA header: type and packet number.
-pub const DATA_HEADER: usize = 9;
+/// Bytes of a connection id.
+pub const CID_LEN: usize = 8;
+/// DATA header: type, the receiver's connection id, packet number.
+pub const DATA_HEADER: usize = 1 + CID_LEN + 8;
+
+/// The packet number of a DATA datagram (None for anything else).
+pub fn data_packet_number(datagram: &[u8]) -> Option<u64> {
+    if datagram.first() != Some(&DATA) {
+        return None;
+    }
+    let pn: [u8; 8] = datagram.get(1 + CID_LEN..DATA_HEADER)?.try_into().ok()?;
+    Some(u64::from_be_bytes(pn))
+}
 
 pub const FRAME_ACK: u8 = 1;
 pub const FRAME_CELL: u8 = 2;
 pub const FRAME_PING: u8 = 3;
 pub const FRAME_CLOSE: u8 = 4;
+/// The bottleneck capacity the receiver estimated from packet pairs.
+pub const FRAME_CAPACITY: u8 = 5;
+/// Marks the second packet of a packet pair.
+pub const FRAME_PAIR: u8 = 6;
+/// Encoded length of a CAPACITY frame.
+pub const CAPACITY_FRAME_LEN: usize = 9;
 
 /// CELL frame: type, circuit sequence, cell.
 pub const CELL_FRAME_LEN: usize = 1 + 4 + CELL_LEN;
 /// Most ranges in one ACK frame.
 pub const MAX_ACK_RANGES: usize = 32;
 
-/// An ACK frame.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct Ack {
+/// Encoded length of an ACK frame with `ranges` ranges.
+pub fn ack_len(ranges: usize) -> usize {
+    1 + 4 + 8 + 1 + 16 * ranges
+}
+
+/// Appends an ACK frame: `delay_us` the microseconds the receiver held it
+/// (for RTT), `max_cells` the cells it will accept in total (flow
+/// control), `ranges` inclusive ranges of received packet numbers, highest
+/// first, not overlapping (at most [`MAX_ACK_RANGES`] are written).
+pub fn write_ack(out: &mut Vec<u8>, delay_us: u32, max_cells: u64, ranges: &[(u64, u64)]) {
+    let ranges = &ranges[..ranges.len().min(MAX_ACK_RANGES)];
+    out.push(FRAME_ACK);
+    out.extend_from_slice(&delay_us.to_be_bytes());
+    out.extend_from_slice(&max_cells.to_be_bytes());
+    out.push(ranges.len() as u8);
+    for (lo, hi) in ranges {
+        out.extend_from_slice(&lo.to_be_bytes());
+        out.extend_from_slice(&hi.to_be_bytes());
+    }
+}
+
+/// A received ACK frame, borrowing its ranges from the datagram (parsing
+/// allocates nothing). The parser checked that the ranges are well formed:
+/// `lo <= hi`, highest first, not overlapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ack<'a> {
     /// Microseconds the receiver held the ACK (for RTT).
     pub delay_us: u32,
     /// Cells the receiver will accept in total (flow control).
     pub max_cells: u64,
-    /// Inclusive ranges of received packet numbers, highest first.
-    pub ranges: Vec<(u64, u64)>,
+    raw: &'a [u8],
 }
 
-impl Ack {
-    /// Encoded length.
-    pub fn len(&self) -> usize {
-        1 + 4 + 8 + 1 + 16 * self.ranges.len()
+impl<'a> Ack<'a> {
+    /// The ranges, highest first.
+    pub fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + 'a {
+        self.raw
+            .chunks_exact(16)
+            .map(|r| (u64_at(r), u64_at(&r[8..])))
     }
 
-    /// Whether it acknowledges nothing.
-    pub fn is_empty(&self) -> bool {
-        self.ranges.is_empty()
-    }
-
-    /// Appends the frame.
-    pub fn write(&self, out: &mut Vec<u8>) {
-        out.push(FRAME_ACK);
-        out.extend_from_slice(&self.delay_us.to_be_bytes());
-        out.extend_from_slice(&self.max_cells.to_be_bytes());
-        out.push(self.ranges.len() as u8);
-        for (lo, hi) in &self.ranges {
-            out.extend_from_slice(&lo.to_be_bytes());
-            out.extend_from_slice(&hi.to_be_bytes());
-        }
+    /// How many ranges.
+    pub fn range_count(&self) -> usize {
+        self.raw.len() / 16
     }
 }
 
@@ -77,13 +119,17 @@ impl Ack {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
     /// Acknowledgements.
-    Ack(Ack),
+    Ack(Ack<'a>),
     /// A cell with its circuit sequence number.
     Cell(u32, &'a [u8]),
     /// Keepalive.
     Ping,
     /// Graceful close.
     Close,
+    /// Bottleneck capacity, bytes per second.
+    Capacity(u64),
+    /// This packet left right behind the previous packet number.
+    Pair,
 }
 
 /// Frames of a decrypted DATA payload; stops with an error at the first
@@ -131,19 +177,20 @@ impl<'a> Iterator for Frames<'a> {
                 if n > MAX_ACK_RANGES {
                     return None;
                 }
-                let mut ranges = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let r = take(&mut self.buf, 16)?;
+                let raw = take(&mut self.buf, 16 * n)?;
+                // Each range well formed and below the one before it.
+                let mut floor = u64::MAX;
+                for r in raw.chunks_exact(16) {
                     let (lo, hi) = (u64_at(r), u64_at(&r[8..]));
-                    if lo > hi {
+                    if lo > hi || hi >= floor {
                         return None;
                     }
-                    ranges.push((lo, hi));
+                    floor = lo;
                 }
                 Some(Frame::Ack(Ack {
                     delay_us: u32_at(h),
                     max_cells: u64_at(&h[4..]),
-                    ranges,
+                    raw,
                 }))
             }
             FRAME_CELL => {
@@ -152,6 +199,8 @@ impl<'a> Iterator for Frames<'a> {
             }
             FRAME_PING => Some(Frame::Ping),
             FRAME_CLOSE => Some(Frame::Close),
+            FRAME_CAPACITY => take(&mut self.buf, 8).map(|b| Frame::Capacity(u64_at(b))),
+            FRAME_PAIR => Some(Frame::Pair),
             _ => None,
         })();
         match frame {
@@ -170,23 +219,38 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    #[allow(clippy::panic)]
     fn frames_round_trip() {
         let mut out = Vec::new();
-        let ack = Ack {
-            delay_us: 7,
-            max_cells: 99,
-            ranges: vec![(10, 20), (1, 5)],
-        };
-        ack.write(&mut out);
+        write_ack(&mut out, 7, 99, &[(10, 20), (1, 5)]);
+        assert_eq!(out.len(), ack_len(2));
         out.push(FRAME_CELL);
         out.extend_from_slice(&3u32.to_be_bytes());
         out.extend_from_slice(&[9u8; CELL_LEN]);
         out.push(FRAME_PING);
+        out.push(FRAME_CAPACITY);
+        out.extend_from_slice(&123_456u64.to_be_bytes());
+        out.push(FRAME_PAIR);
         let frames: Vec<_> = Frames::new(&out).collect();
-        assert_eq!(frames.len(), 3);
-        assert_eq!(frames[0], Ok(Frame::Ack(ack)));
+        assert_eq!(frames.len(), 5);
+        assert_eq!(frames[3], Ok(Frame::Capacity(123_456)));
+        assert_eq!(frames[4], Ok(Frame::Pair));
+        let Ok(Frame::Ack(ack)) = frames[0] else {
+            panic!("{:?}", frames[0]);
+        };
+        assert_eq!((ack.delay_us, ack.max_cells), (7, 99));
+        assert_eq!(ack.ranges().collect::<Vec<_>>(), [(10, 20), (1, 5)]);
         assert_eq!(frames[1], Ok(Frame::Cell(3, &[9u8; CELL_LEN][..])));
         assert_eq!(frames[2], Ok(Frame::Ping));
+    }
+
+    #[test]
+    fn unordered_or_overlapping_ranges_are_malformed() {
+        for ranges in [[(1, 5), (10, 20)], [(10, 20), (5, 10)], [(10, 20), (9, 3)]] {
+            let mut out = Vec::new();
+            write_ack(&mut out, 0, 0, &ranges);
+            assert!(Frames::new(&out).any(|f| f.is_err()), "{ranges:?} accepted");
+        }
     }
 
     proptest! {

@@ -9,7 +9,7 @@ use relay_netsim::progress::Progress;
 use relay_netsim::SimError;
 
 const USAGE: &str =
-    "netsim run SCENARIO [--seed N] [--out DIR] [--duration S] [--link udt|quic|tcp|tcp-model] [--cc cubic|bbr] [--loss P] | netsim list | netsim plot DIR";
+    "netsim run SCENARIO [--seed N] [--out DIR] [--duration S] [--link udt|quic|tcp|tcp-model] [--cc cubic|bbr|udt] [--loss P] | netsim list | netsim plot DIR";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -608,6 +608,7 @@ mod tests {
                     delivered: rate.delivered(),
                     rate: rate.take_sample(rtt.min),
                     rtt: Some(sample),
+                    capacity: None,
                 };
                 bbr.on_ack(Time(now), &ack, &rtt);
                 let mut lost = 0;
