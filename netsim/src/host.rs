@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use relay_kernel::{Event, LinkId, Node, NodeId, Time};
 
 use crate::probe::Probes;
-use crate::transport::{CoreEvent, LinkCore};
+use crate::transport::{ConnKey, CoreEvent, LinkCore};
 
 /// Cells the host moves from the node into a connection's send queue at
 /// most (like the udt driver's send credit): the rest wait in the node,
@@ -62,8 +62,10 @@ pub struct Host {
     pub node: Node,
     /// The link protocol.
     pub core: Box<dyn LinkCore>,
-    links: BTreeMap<SocketAddr, LinkId>,
-    addr_of: BTreeMap<LinkId, SocketAddr>,
+    /// Kernel link per connection, ordered by peer address so the
+    /// connections of one peer are a range.
+    links: BTreeMap<(SocketAddr, ConnKey), LinkId>,
+    conn_of: BTreeMap<LinkId, (SocketAddr, ConnKey)>,
     next_link: u64,
     blocked: BTreeSet<LinkId>,
     dialing: BTreeMap<SocketAddr, NodeId>,
@@ -71,11 +73,11 @@ pub struct Host {
     pub timer: Option<Time>,
     /// Cells retransmitted by the link core (all incarnations).
     pub retransmitted: u64,
-    retx_seen: BTreeMap<SocketAddr, u64>,
+    retx_seen: BTreeMap<ConnKey, u64>,
     /// Relay cells forwarded by earlier incarnations.
     pub relayed_before: u64,
     /// Reused buffers (no allocation per call).
-    fresh: VecDeque<SocketAddr>,
+    fresh: VecDeque<(SocketAddr, ConnKey)>,
     links_scratch: Vec<LinkId>,
 }
 
@@ -115,7 +117,7 @@ impl Host {
             node,
             core,
             links: BTreeMap::new(),
-            addr_of: BTreeMap::new(),
+            conn_of: BTreeMap::new(),
             next_link: 1,
             blocked: BTreeSet::new(),
             dialing: BTreeMap::new(),
@@ -135,7 +137,7 @@ impl Host {
         self.node = node;
         self.core = core;
         self.links.clear();
-        self.addr_of.clear();
+        self.conn_of.clear();
         self.blocked.clear();
         self.dialing.clear();
         self.retx_seen.clear();
@@ -196,30 +198,31 @@ impl Host {
     ) {
         let mut fresh = std::mem::take(&mut self.fresh);
         fresh.clear();
-        fresh.extend(from);
+        if let Some(from) = from {
+            fresh.extend(self.links.range(conns_of(from)).map(|(k, _)| *k));
+        }
         loop {
             let mut progress = false;
             while let Some(ev) = self.core.poll_event() {
                 progress = true;
                 match ev {
                     CoreEvent::Connected {
+                        conn,
                         addr,
                         peer,
                         initiator,
                     } => {
-                        if let Some(old) = self.links.remove(&addr) {
-                            self.addr_of.remove(&old);
-                            self.blocked.remove(&old);
-                            self.node.link_down(now, old);
-                        }
+                        // A second connection to the same peer (both ends
+                        // dialled at once) is a second kernel link: the
+                        // circuits on the first stay where they are.
                         let link = LinkId(self.next_link);
                         self.next_link += 1;
-                        self.links.insert(addr, link);
-                        self.addr_of.insert(link, addr);
+                        self.links.insert((addr, conn), link);
+                        self.conn_of.insert(link, (addr, conn));
                         self.dialing.remove(&addr);
                         self.node.link_up(now, link, peer, initiator);
                         app.push(AppEvent::LinkUp(peer));
-                        fresh.push_back(addr);
+                        fresh.push_back((addr, conn));
                     }
                     CoreEvent::ConnectFailed { addr } => {
                         if let Some(peer) = self.dialing.remove(&addr) {
@@ -227,22 +230,22 @@ impl Host {
                             app.push(AppEvent::LinkFailed(peer));
                         }
                     }
-                    CoreEvent::Closed { addr } => {
-                        self.retx_seen.remove(&addr);
-                        if let Some(link) = self.links.remove(&addr) {
-                            self.addr_of.remove(&link);
+                    CoreEvent::Closed { conn, addr } => {
+                        self.retx_seen.remove(&conn);
+                        if let Some(link) = self.links.remove(&(addr, conn)) {
+                            self.conn_of.remove(&link);
                             self.blocked.remove(&link);
                             self.node.link_down(now, link);
                         }
                     }
                 }
             }
-            while let Some(addr) = fresh.pop_front() {
-                let Some(&link) = self.links.get(&addr) else {
+            while let Some((addr, conn)) = fresh.pop_front() {
+                let Some(&link) = self.links.get(&(addr, conn)) else {
                     continue;
                 };
                 let probe = probes.index(addr, self.addr);
-                while let Some(cell) = self.core.pop_ready(&addr) {
+                while let Some(cell) = self.core.pop_ready(conn) {
                     if let Some(p) = probe {
                         probes.delivered(p, now, cell.raw_circ_id());
                     }
@@ -290,13 +293,13 @@ impl Host {
             links.clear();
             links.extend(self.blocked.iter().copied());
             for &link in &links {
-                let Some(addr) = self.addr_of.get(&link).copied() else {
+                let Some((addr, conn)) = self.conn_of.get(&link).copied() else {
                     self.blocked.remove(&link);
                     continue;
                 };
                 let probe = probes.index(self.addr, addr);
                 // Each queued cell adds one to the connection's queue.
-                let mut room = match self.core.queued_cells(&addr) {
+                let mut room = match self.core.queued_cells(conn) {
                     Some(n) => CORE_QUEUE_CELLS.saturating_sub(n),
                     None => {
                         self.blocked.remove(&link);
@@ -311,7 +314,7 @@ impl Host {
                     if let Some(p) = probe {
                         probes.queued(p, now, cell.raw_circ_id());
                     }
-                    if let Err(cell) = self.core.queue_cell(&addr, cell) {
+                    if let Err(cell) = self.core.queue_cell(conn, cell) {
                         self.node.recycle(cell);
                         self.blocked.remove(&link);
                         break;
@@ -331,10 +334,12 @@ impl Host {
                 if probes.index(self.addr, to).is_some() {
                     self.core.datagram_circuits(&to, &buf, &mut circuits);
                 }
-                let total = self.core.retransmitted(&to);
-                let seen = self.retx_seen.entry(to).or_insert(0);
-                self.retransmitted += total.saturating_sub(*seen);
-                *seen = total;
+                for (&(_, conn), _) in self.links.range(conns_of(to)) {
+                    let total = self.core.retransmitted(conn);
+                    let seen = self.retx_seen.entry(conn).or_insert(0);
+                    self.retransmitted += total.saturating_sub(*seen);
+                    *seen = total;
+                }
                 out.push(Datagram {
                     to,
                     data: buf,
@@ -354,4 +359,9 @@ impl Host {
             (a, b) => a.or(b),
         }
     }
+}
+
+/// The key range of every connection to `addr` in [`Host`]'s link map.
+fn conns_of(addr: SocketAddr) -> std::ops::RangeInclusive<(SocketAddr, ConnKey)> {
+    (addr, ConnKey(0))..=(addr, ConnKey(u64::MAX))
 }

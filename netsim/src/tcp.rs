@@ -20,9 +20,10 @@
 //! after 4 s without sending, and a 15 s idle timeout. Delivery is in
 //! stream order, so one lost segment holds back every circuit behind it.
 //!
-//! One connection per peer address (keyed `peer_ip:9000`, whatever the
-//! dialler's ephemeral port); simultaneous dials keep the one dialled by
-//! the smaller node id ([`crate::transport::keep_newer`]).
+//! Peers are named by `peer_ip:9000`, whatever the dialler's ephemeral
+//! port. Simultaneous dials give two connections, both kept (each its own
+//! kernel link); a second dial from the same end replaces the first
+//! ([`crate::transport::replaces`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -40,7 +41,7 @@ use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint};
 
 use crate::error::SimError;
-use crate::transport::{keep_newer, CoreEvent, LinkCore};
+use crate::transport::{ConnKey, CoreEvent, LinkCore};
 
 const FRAME_CELLS: u8 = 0;
 const FRAME_KEEPALIVE: u8 = 1;
@@ -159,10 +160,10 @@ pub struct SmolTcpCore {
     sockets: SocketSet<'static>,
     listener: SocketHandle,
     key: StaticKey,
-    id: NodeId,
     conns: BTreeMap<u64, Conn>,
     next_conn: u64,
-    by_addr: BTreeMap<SocketAddr, u64>,
+    /// The connection each end dialled last, per peer address.
+    by_addr: BTreeMap<(SocketAddr, bool), u64>,
     dialing: BTreeMap<SocketAddr, u64>,
     next_port: u16,
     events: VecDeque<CoreEvent>,
@@ -255,7 +256,6 @@ impl SmolTcpCore {
             dev,
             sockets,
             listener,
-            id: key.node_id(),
             key,
             conns: BTreeMap::new(),
             next_conn: 0,
@@ -468,24 +468,23 @@ impl SmolTcpCore {
         if self.dialing.get(&addr) == Some(&id) {
             self.dialing.remove(&addr);
         }
-        let old = self.by_addr.get(&addr).copied().filter(|o| *o != id);
-        let keep = match old.and_then(|o| self.conns.get(&o)) {
-            None => true,
-            Some(o) => keep_newer(self.id, peer, o.initiator, initiator),
-        };
-        let loser = if keep { old } else { Some(id) };
-        if let Some(l) = loser.and_then(|l| self.conns.get_mut(&l)) {
-            l.current = false;
-            self.sockets.get_mut::<tcp::Socket>(l.handle).abort();
+        // by_addr is keyed by who dialled, so an older entry is always one
+        // this connection replaces.
+        let old = self
+            .by_addr
+            .get(&(addr, initiator))
+            .copied()
+            .filter(|o| *o != id);
+        if let Some(o) = old.and_then(|o| self.conns.get_mut(&o)) {
+            // Still reported as closed when it ends (it stays `current`).
+            self.sockets.get_mut::<tcp::Socket>(o.handle).abort();
         }
-        if !keep {
-            return;
-        }
-        self.by_addr.insert(addr, id);
+        self.by_addr.insert((addr, initiator), id);
         if let Some(c) = self.conns.get_mut(&id) {
             c.current = true;
         }
         self.events.push_back(CoreEvent::Connected {
+            conn: ConnKey(id),
             addr,
             peer,
             initiator,
@@ -499,8 +498,13 @@ impl SmolTcpCore {
         };
         self.sockets.remove(c.handle);
         if c.current {
-            self.by_addr.remove(&c.addr);
-            self.events.push_back(CoreEvent::Closed { addr: c.addr });
+            if self.by_addr.get(&(c.addr, c.initiator)) == Some(&id) {
+                self.by_addr.remove(&(c.addr, c.initiator));
+            }
+            self.events.push_back(CoreEvent::Closed {
+                conn: ConnKey(id),
+                addr: c.addr,
+            });
         } else if self.dialing.get(&c.addr) == Some(&id) {
             self.dialing.remove(&c.addr);
             self.events
@@ -757,13 +761,15 @@ impl LinkCore for SmolTcpCore {
         self.events.pop_front()
     }
 
-    fn queued_cells(&mut self, addr: &SocketAddr) -> Option<usize> {
-        let id = self.by_addr.get(addr)?;
-        self.conns.get(id).map(Conn::unsent_cells)
+    fn queued_cells(&mut self, conn: ConnKey) -> Option<usize> {
+        self.conns
+            .get(&conn.0)
+            .filter(|c| c.current)
+            .map(Conn::unsent_cells)
     }
 
-    fn queue_cell(&mut self, addr: &SocketAddr, cell: Cell) -> Result<(), Cell> {
-        match self.by_addr.get(addr).and_then(|id| self.conns.get_mut(id)) {
+    fn queue_cell(&mut self, conn: ConnKey, cell: Cell) -> Result<(), Cell> {
+        match self.conns.get_mut(&conn.0).filter(|c| c.current) {
             Some(c) => {
                 c.backlog.push_back(cell);
                 self.dirty = true;
@@ -773,16 +779,12 @@ impl LinkCore for SmolTcpCore {
         }
     }
 
-    fn pop_ready(&mut self, addr: &SocketAddr) -> Option<Cell> {
-        let id = self.by_addr.get(addr)?;
-        self.conns.get_mut(id)?.ready.pop_front()
+    fn pop_ready(&mut self, conn: ConnKey) -> Option<Cell> {
+        self.conns.get_mut(&conn.0)?.ready.pop_front()
     }
 
-    fn retransmitted(&mut self, addr: &SocketAddr) -> u64 {
-        self.by_addr
-            .get(addr)
-            .and_then(|id| self.conns.get(id))
-            .map_or(0, |c| c.retransmitted)
+    fn retransmitted(&mut self, conn: ConnKey) -> u64 {
+        self.conns.get(&conn.0).map_or(0, |c| c.retransmitted)
     }
 
     fn datagram_circuits(&mut self, _to: &SocketAddr, datagram: &[u8], out: &mut Vec<u32>) {

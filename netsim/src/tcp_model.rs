@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 
 use relay_kernel::{Cell, NodeId, Time, CELL_LEN};
 
-use crate::transport::{CoreEvent, LinkCore};
+use crate::transport::{ConnKey, CoreEvent, LinkCore};
 
 const SYN: u8 = 1;
 const SYN_ACK: u8 = 2;
@@ -267,6 +267,9 @@ pub struct TcpCore {
     id: NodeId,
     mss: usize,
     conns: BTreeMap<SocketAddr, Conn>,
+    /// The address of each connection (the model keeps one per address).
+    keys: BTreeMap<ConnKey, SocketAddr>,
+    next_key: u64,
     order: Vec<SocketAddr>,
     rr: usize,
     pending: BTreeMap<SocketAddr, Pending>,
@@ -284,6 +287,8 @@ impl TcpCore {
             id,
             mss: max_datagram.saturating_sub(HEADER + TAG).max(CELL_LEN),
             conns: BTreeMap::new(),
+            keys: BTreeMap::new(),
+            next_key: 0,
             order: Vec::new(),
             rr: 0,
             pending: BTreeMap::new(),
@@ -302,7 +307,17 @@ impl TcpCore {
     fn add_conn(&mut self, now: Time, addr: SocketAddr, peer: NodeId, initiator: bool) {
         self.conns.insert(addr, Conn::new(peer, now, self.mss));
         self.order.push(addr);
+        let conn = ConnKey(self.next_key);
+        self.next_key += 1;
+        if let Some(old) = self.key_of(&addr) {
+            // The model keeps one connection per address: a new one ends
+            // the old.
+            self.keys.remove(&old);
+            self.events.push_back(CoreEvent::Closed { conn: old, addr });
+        }
+        self.keys.insert(conn, addr);
         self.events.push_back(CoreEvent::Connected {
+            conn,
             addr,
             peer,
             initiator,
@@ -313,8 +328,20 @@ impl TcpCore {
         if self.conns.remove(&addr).is_some() {
             self.order.retain(|a| *a != addr);
             self.rr = 0;
-            self.events.push_back(CoreEvent::Closed { addr });
+            if let Some(conn) = self.key_of(&addr) {
+                self.keys.remove(&conn);
+                self.events.push_back(CoreEvent::Closed { conn, addr });
+            }
         }
+    }
+
+    fn key_of(&self, addr: &SocketAddr) -> Option<ConnKey> {
+        self.keys.iter().find(|(_, a)| *a == addr).map(|(k, _)| *k)
+    }
+
+    fn conn(&mut self, key: ConnKey) -> Option<&mut Conn> {
+        let addr = self.keys.get(&key)?;
+        self.conns.get_mut(addr)
     }
 
     fn segment(&mut self, addr: SocketAddr, out: &mut Vec<u8>) -> bool {
@@ -526,12 +553,12 @@ impl LinkCore for TcpCore {
         self.events.pop_front()
     }
 
-    fn queued_cells(&mut self, addr: &SocketAddr) -> Option<usize> {
-        self.conns.get(addr).map(|c| c.unsent.len() / CELL_LEN)
+    fn queued_cells(&mut self, conn: ConnKey) -> Option<usize> {
+        self.conn(conn).map(|c| c.unsent.len() / CELL_LEN)
     }
 
-    fn queue_cell(&mut self, addr: &SocketAddr, cell: Cell) -> Result<(), Cell> {
-        match self.conns.get_mut(addr) {
+    fn queue_cell(&mut self, conn: ConnKey, cell: Cell) -> Result<(), Cell> {
+        match self.conn(conn) {
             Some(c) => {
                 let offset = c.next_seq + c.unsent.len() as u64;
                 c.cells.push_back((offset, cell.raw_circ_id()));
@@ -542,12 +569,12 @@ impl LinkCore for TcpCore {
         }
     }
 
-    fn pop_ready(&mut self, addr: &SocketAddr) -> Option<Cell> {
-        self.conns.get_mut(addr)?.ready.pop_front()
+    fn pop_ready(&mut self, conn: ConnKey) -> Option<Cell> {
+        self.conn(conn)?.ready.pop_front()
     }
 
-    fn retransmitted(&mut self, addr: &SocketAddr) -> u64 {
-        self.conns.get(addr).map_or(0, |c| c.retransmitted)
+    fn retransmitted(&mut self, conn: ConnKey) -> u64 {
+        self.conn(conn).map_or(0, |c| c.retransmitted)
     }
 
     fn datagram_circuits(&mut self, to: &SocketAddr, datagram: &[u8], out: &mut Vec<u32>) {

@@ -18,11 +18,20 @@ use relay_link_udt::packet::data_packet_number;
 
 use crate::error::SimError;
 
+/// Names one connection of a link core, unique for the core's life. Two
+/// nodes can have several connections at once (both dialled at the same
+/// time): each is a kernel link of its own, as in `relayd`, so circuits
+/// built on one never die because the other came up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnKey(pub u64);
+
 /// What a link core reports to its host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CoreEvent {
     /// A connection is up and authenticated.
     Connected {
+        /// The connection.
+        conn: ConnKey,
         /// Peer address.
         addr: SocketAddr,
         /// Peer node.
@@ -35,8 +44,10 @@ pub enum CoreEvent {
         /// Peer address.
         addr: SocketAddr,
     },
-    /// A connection ended.
+    /// A connection the host was told of ended.
     Closed {
+        /// The connection.
+        conn: ConnKey,
         /// Peer address.
         addr: SocketAddr,
     },
@@ -58,14 +69,14 @@ pub trait LinkCore {
     fn handle_timeout(&mut self, now: Time);
     /// The next event.
     fn poll_event(&mut self) -> Option<CoreEvent>;
-    /// Cells waiting to be sent to `addr` (None: no connection).
-    fn queued_cells(&mut self, addr: &SocketAddr) -> Option<usize>;
-    /// Queues a cell for `addr`; gives it back if there is no connection.
-    fn queue_cell(&mut self, addr: &SocketAddr, cell: Cell) -> Result<(), Cell>;
-    /// A cell received from `addr`, in the order the link delivers.
-    fn pop_ready(&mut self, addr: &SocketAddr) -> Option<Cell>;
-    /// Cells retransmitted on the connection to `addr` so far.
-    fn retransmitted(&mut self, addr: &SocketAddr) -> u64;
+    /// Cells waiting to be sent on `conn` (None: no such connection).
+    fn queued_cells(&mut self, conn: ConnKey) -> Option<usize>;
+    /// Queues a cell on `conn`; gives it back if there is no such connection.
+    fn queue_cell(&mut self, conn: ConnKey, cell: Cell) -> Result<(), Cell>;
+    /// A cell received on `conn`, in the order the link delivers.
+    fn pop_ready(&mut self, conn: ConnKey) -> Option<Cell>;
+    /// Cells retransmitted on `conn` so far.
+    fn retransmitted(&mut self, conn: ConnKey) -> u64;
     /// Circuit ids of the cells in a datagram just sent to `to`.
     fn datagram_circuits(&mut self, to: &SocketAddr, datagram: &[u8], out: &mut Vec<u32>);
     /// Whether the core's datagrams are whole IPv4 packets (the network
@@ -75,24 +86,21 @@ pub trait LinkCore {
     }
 }
 
-/// Two connections between the same pair of nodes (both dialled at once,
-/// or the peer restarted and dialled again): whether the newer one
-/// replaces the one we have. Both ends must choose the same, so the rule
-/// looks only at who dialled each: keep the one dialled by the smaller
-/// node id; between two from the same dialler, the newer.
-pub fn keep_newer(me: NodeId, peer: NodeId, old_initiator: bool, new_initiator: bool) -> bool {
-    let dialler = |init: bool| if init { me } else { peer };
-    let (old, new) = (dialler(old_initiator), dialler(new_initiator));
-    old == new || new < old
+/// A second connection between the same pair of nodes came up: whether it
+/// replaces the one we have. Connections dialled by different ends (both
+/// dialled at once) both stay: each is its own kernel link with its own
+/// circuits, and closing either would kill circuits built on it. A second
+/// connection dialled by the same end as the first means that end lost
+/// the first (it restarted, or gave up on it), so the newer replaces it.
+/// Both ends see the same diallers, so they agree.
+pub fn replaces(old_initiator: bool, new_initiator: bool) -> bool {
+    old_initiator == new_initiator
 }
 
-/// The real udt endpoint.
+/// The real udt endpoint (it keeps several connections per address pair
+/// and closes those of a restarted peer itself).
 pub struct UdtCore {
     ep: Endpoint,
-    /// The connection a host knows per address (the host keeps one link
-    /// per address; a Closed of an older connection it already replaced
-    /// must not take down the newer one).
-    current: std::collections::HashMap<SocketAddr, ConnId>,
 }
 
 impl UdtCore {
@@ -116,7 +124,6 @@ impl UdtCore {
         };
         Ok(UdtCore {
             ep: Endpoint::new(key, config, secret),
-            current: std::collections::HashMap::new(),
         })
     }
 }
@@ -147,40 +154,34 @@ impl LinkCore for UdtCore {
     }
 
     fn poll_event(&mut self) -> Option<CoreEvent> {
-        loop {
-            let ev = match self.ep.poll_event()? {
-                EndpointEvent::Connected {
-                    id,
-                    addr,
-                    peer,
-                    initiator,
-                } => {
-                    self.current.insert(addr, id);
-                    CoreEvent::Connected {
-                        addr,
-                        peer,
-                        initiator,
-                    }
-                }
-                EndpointEvent::ConnectFailed { addr, .. } => CoreEvent::ConnectFailed { addr },
-                EndpointEvent::Closed { id, addr, .. } => {
-                    if self.current.get(&addr) != Some(&id) {
-                        continue; // an older connection the host replaced
-                    }
-                    self.current.remove(&addr);
-                    CoreEvent::Closed { addr }
-                }
-            };
-            return Some(ev);
-        }
+        Some(match self.ep.poll_event()? {
+            EndpointEvent::Connected {
+                id,
+                addr,
+                peer,
+                initiator,
+            } => CoreEvent::Connected {
+                conn: ConnKey(id.0),
+                addr,
+                peer,
+                initiator,
+            },
+            EndpointEvent::ConnectFailed { addr, .. } => CoreEvent::ConnectFailed { addr },
+            EndpointEvent::Closed { id, addr, .. } => CoreEvent::Closed {
+                conn: ConnKey(id.0),
+                addr,
+            },
+        })
     }
 
-    fn queued_cells(&mut self, addr: &SocketAddr) -> Option<usize> {
-        self.ep.conn_ref(addr).map(|c| c.queued_cells())
+    fn queued_cells(&mut self, conn: ConnKey) -> Option<usize> {
+        self.ep
+            .conn_by_id_ref(ConnId(conn.0))
+            .map(|c| c.queued_cells())
     }
 
-    fn queue_cell(&mut self, addr: &SocketAddr, cell: Cell) -> Result<(), Cell> {
-        match self.ep.conn(addr) {
+    fn queue_cell(&mut self, conn: ConnKey, cell: Cell) -> Result<(), Cell> {
+        match self.ep.conn_by_id(ConnId(conn.0)) {
             Some(c) => {
                 c.queue_cell(cell);
                 Ok(())
@@ -189,12 +190,14 @@ impl LinkCore for UdtCore {
         }
     }
 
-    fn pop_ready(&mut self, addr: &SocketAddr) -> Option<Cell> {
-        self.ep.conn(addr)?.pop_ready()
+    fn pop_ready(&mut self, conn: ConnKey) -> Option<Cell> {
+        self.ep.conn_by_id(ConnId(conn.0))?.pop_ready()
     }
 
-    fn retransmitted(&mut self, addr: &SocketAddr) -> u64 {
-        self.ep.conn_ref(addr).map_or(0, |c| c.retransmitted_cells)
+    fn retransmitted(&mut self, conn: ConnKey) -> u64 {
+        self.ep
+            .conn_by_id_ref(ConnId(conn.0))
+            .map_or(0, |c| c.retransmitted_cells)
     }
 
     fn datagram_circuits(&mut self, to: &SocketAddr, datagram: &[u8], out: &mut Vec<u32>) {
@@ -212,17 +215,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn both_ends_keep_the_same_connection() {
-        let (a, b) = (NodeId([1; 32]), NodeId([2; 32]));
-        // A (smaller id) has B's connection and then completes its own
-        // dial; B has A's and then completes its own: both keep A's.
-        assert!(keep_newer(a, b, false, true));
-        assert!(!keep_newer(b, a, false, true));
-        // In the other order each keeps A's too.
-        assert!(!keep_newer(a, b, true, false));
-        assert!(keep_newer(b, a, true, false));
-        // A restarted peer dials again: the newer one wins at either end.
-        assert!(keep_newer(a, b, false, false));
-        assert!(keep_newer(b, a, true, true));
+    fn crossing_dials_both_stay_and_a_redial_replaces() {
+        // Each end dialled once: both connections stay, at either end.
+        assert!(!replaces(true, false));
+        assert!(!replaces(false, true));
+        // The same end dialled again (it restarted): the newer wins.
+        assert!(replaces(false, false));
+        assert!(replaces(true, true));
     }
 }

@@ -395,14 +395,17 @@ impl Node {
         self.out.links.iter().map(|(id, l)| (*id, l.peer))
     }
 
-    /// A link to `peer`, if one is up.
+    /// A link to `peer`, if one is up: the newest (highest id) when there
+    /// are several. Two links to one peer come from simultaneous dials
+    /// (either serves) or from a peer that restarted and dialled again,
+    /// where the older link is dead but may not have timed out yet.
     pub fn link_to(&self, peer: &NodeId) -> Option<LinkId> {
         self.out
             .links
             .iter()
             .filter(|(_, l)| l.peer == *peer)
             .map(|(id, _)| *id)
-            .min()
+            .max()
     }
 
     /// Cells queued on a link (control cells and every circuit's queue).

@@ -20,9 +20,9 @@
 //! token keys and all TLS randomness come from the host's seeded stream
 //! (see [`tls`]); MTU discovery is off (the initial MTU is the path's).
 //!
-//! One link per peer: if both ends dial each other at once, both keep the
-//! connection dialled by the node with the smaller id and close the other
-//! ([`keep_newer`]).
+//! If both ends dial each other at once, both connections stay, each its
+//! own kernel link; a second dial from the same end replaces the first
+//! ([`crate::transport::replaces`]).
 
 pub mod tls;
 
@@ -45,7 +45,7 @@ use relay_link::Identity;
 use rustls::crypto::CryptoProvider;
 
 use crate::error::SimError;
-use crate::transport::{keep_newer, CoreEvent, LinkCore};
+use crate::transport::{ConnKey, CoreEvent, LinkCore};
 use tls::{Proved, RngLease};
 
 /// First byte of a stream of cells (as in `links/quic`).
@@ -127,11 +127,10 @@ pub struct QuicCore {
     cert: NodeCert,
     transport: Arc<TransportConfig>,
     conns: BTreeMap<usize, Conn>,
-    /// The current link per peer address.
-    by_addr: BTreeMap<SocketAddr, usize>,
+    /// The connection each end dialled last, per peer address.
+    by_addr: BTreeMap<(SocketAddr, bool), usize>,
     /// Dials not yet connected, per address.
     dialing: BTreeMap<SocketAddr, usize>,
-    id: NodeId,
     rng: Option<ChaCha20Rng>,
     outbox: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<CoreEvent>,
@@ -210,7 +209,6 @@ impl QuicCore {
             conns: BTreeMap::new(),
             by_addr: BTreeMap::new(),
             dialing: BTreeMap::new(),
-            id: identity.node_id(),
             rng: Some(rng),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
@@ -313,34 +311,27 @@ impl QuicCore {
         if self.dialing.get(&addr) == Some(&h) {
             self.dialing.remove(&addr);
         }
-        let old = self.by_addr.get(&addr).copied().filter(|o| *o != h);
-        let keep_new = match old.and_then(|o| self.conns.get(&o)) {
-            None => true,
-            Some(o) => keep_newer(self.id, peer, o.initiator, initiator),
-        };
-        if !keep_new {
-            if let Some(c) = self.conns.get_mut(&h) {
-                c.conn.close(
-                    instant(now),
-                    VarInt::from_u32(CLOSE_DUPLICATE),
-                    Default::default(),
-                );
-            }
-            return;
-        }
+        // Keyed by who dialled: an older connection dialled by the same end
+        // is one that end gave up (it restarted), so this one replaces it
+        // (`transport::replaces`); one dialled by the other end stays.
+        let old = self
+            .by_addr
+            .get(&(addr, initiator))
+            .copied()
+            .filter(|o| *o != h);
         if let Some(o) = old.and_then(|o| self.conns.get_mut(&o)) {
-            o.current = false;
             o.conn.close(
                 instant(now),
                 VarInt::from_u32(CLOSE_DUPLICATE),
                 Default::default(),
             );
         }
-        self.by_addr.insert(addr, h);
+        self.by_addr.insert((addr, initiator), h);
         if let Some(c) = self.conns.get_mut(&h) {
             c.current = true;
         }
         self.events.push_back(CoreEvent::Connected {
+            conn: ConnKey(h as u64),
             addr,
             peer,
             initiator,
@@ -351,11 +342,16 @@ impl QuicCore {
         let Some(c) = self.conns.get_mut(&h) else {
             return;
         };
-        let addr = c.addr;
+        let (addr, initiator) = (c.addr, c.initiator);
         if c.current {
             c.current = false;
-            self.by_addr.remove(&addr);
-            self.events.push_back(CoreEvent::Closed { addr });
+            if self.by_addr.get(&(addr, initiator)) == Some(&h) {
+                self.by_addr.remove(&(addr, initiator));
+            }
+            self.events.push_back(CoreEvent::Closed {
+                conn: ConnKey(h as u64),
+                addr,
+            });
         } else if self.dialing.get(&addr) == Some(&h) {
             self.dialing.remove(&addr);
             self.events.push_back(CoreEvent::ConnectFailed { addr });
@@ -366,9 +362,9 @@ impl QuicCore {
         self.deadline = self.conns.values().filter_map(|c| c.deadline).min();
     }
 
-    fn current(&mut self, addr: &SocketAddr) -> Option<(usize, &mut Conn)> {
-        let h = *self.by_addr.get(addr)?;
-        self.conns.get_mut(&h).map(|c| (h, c))
+    fn current(&mut self, conn: ConnKey) -> Option<&mut Conn> {
+        let h = usize::try_from(conn.0).ok()?;
+        self.conns.get_mut(&h).filter(|c| c.current)
     }
 }
 
@@ -655,12 +651,12 @@ impl LinkCore for QuicCore {
         self.events.pop_front()
     }
 
-    fn queued_cells(&mut self, addr: &SocketAddr) -> Option<usize> {
-        self.current(addr).map(|(_, c)| c.backlog.len())
+    fn queued_cells(&mut self, conn: ConnKey) -> Option<usize> {
+        self.current(conn).map(|c| c.backlog.len())
     }
 
-    fn queue_cell(&mut self, addr: &SocketAddr, cell: Cell) -> Result<(), Cell> {
-        let Some((_, c)) = self.current(addr) else {
+    fn queue_cell(&mut self, conn: ConnKey, cell: Cell) -> Result<(), Cell> {
+        let Some(c) = self.current(conn) else {
             return Err(cell);
         };
         c.backlog.push_back(cell);
@@ -669,15 +665,15 @@ impl LinkCore for QuicCore {
         Ok(())
     }
 
-    fn pop_ready(&mut self, addr: &SocketAddr) -> Option<Cell> {
-        self.current(addr)?.1.ready.pop_front()
+    fn pop_ready(&mut self, conn: ConnKey) -> Option<Cell> {
+        self.current(conn)?.ready.pop_front()
     }
 
-    fn retransmitted(&mut self, addr: &SocketAddr) -> u64 {
+    fn retransmitted(&mut self, conn: ConnKey) -> u64 {
         // quinn-proto counts lost bytes, not resent cells: report the lost
         // stream bytes in cells (what had to be sent again).
-        self.current(addr)
-            .map_or(0, |(_, c)| c.conn.stats().path.lost_bytes / CELL_LEN as u64)
+        self.current(conn)
+            .map_or(0, |c| c.conn.stats().path.lost_bytes / CELL_LEN as u64)
     }
 
     fn datagram_circuits(&mut self, _to: &SocketAddr, _datagram: &[u8], _out: &mut Vec<u32>) {
