@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
-use relay_kernel::{Cell, NodeId, CELL_LEN};
+use relay_kernel::NodeId;
 use relay_link::link::CloseCell;
-use relay_link::transport::{OpenKey, SealKey, TAG_LEN};
+use relay_link::transport::{OpenKey, SealKey};
 use relay_link::{
     link_pair, BoxFut, CellRx, CellTx, CloseReason, Identity, Initiator, Link, LinkConfig,
     LinkError, LinkIo, Responder, Scheme, Session, StaticKey, Transport,
@@ -22,12 +22,9 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::timeout;
 
-const FRAME_CELLS: u8 = 0;
-const FRAME_KEEPALIVE: u8 = 1;
-const FRAME_CLOSE: u8 = 2;
-/// Cells per frame: 64 × 514 bytes fits a u16 length with room to spare.
-const MAX_BATCH: usize = 64;
-const MAX_FRAME: usize = 1 + MAX_BATCH * CELL_LEN + TAG_LEN;
+pub mod frame;
+
+use frame::{Received, FRAME_CELLS, FRAME_CLOSE, FRAME_KEEPALIVE, MAX_BATCH, MAX_FRAME};
 
 /// A TCP listener plus the means to dial.
 pub struct TcpTransport {
@@ -183,63 +180,45 @@ async fn reader(
             Ok(Err(e)) => break CloseReason::Error(e.to_string()),
             Ok(Ok(n)) => usize::from(n),
         };
-        if !(1 + TAG_LEN..=MAX_FRAME).contains(&len) {
-            break CloseReason::Error("bad frame length".into());
+        if let Err(e) = frame::check_len(len) {
+            break CloseReason::Error(e.to_string());
         }
         let mut buf = BytesMut::zeroed(len);
         if let Err(e) = rd.read_exact(&mut buf).await {
             break CloseReason::Error(e.to_string());
         }
-        let plain_len = match key.open(counter, &mut buf) {
-            Ok(p) => p.len(),
-            Err(_) => break CloseReason::Error("frame failed authentication".into()),
-        };
+        let got = frame::open(&key, counter, buf, &mut cells);
         counter += 1;
-        buf.truncate(plain_len);
-        let ty = buf[0];
-        let _ = buf.split_to(1);
-        match ty {
-            FRAME_CELLS if buf.len().is_multiple_of(CELL_LEN) => {
-                while !buf.is_empty() {
-                    match Cell::from_bytes(buf.split_to(CELL_LEN)) {
-                        Ok(c) => cells.push_back(c),
-                        Err(_) => break,
-                    }
-                }
+        match got {
+            Ok(Received::Cells) => {
                 // The whole frame in one batch.
                 if incoming.send_all(&mut cells).await.is_err() {
                     break CloseReason::Local;
                 }
             }
-            FRAME_KEEPALIVE => {}
-            FRAME_CLOSE => break CloseReason::Peer,
-            _ => break CloseReason::Error("bad frame type".into()),
+            Ok(Received::Keepalive) => {}
+            Ok(Received::Close) => break CloseReason::Peer,
+            Err(e) => break CloseReason::Error(e.to_string()),
         }
     };
     closed.set(reason);
 }
 
-/// Seals `buf[2..]` (frame type and payload), puts its length in
-/// `buf[..2]` and writes the whole frame with one call.
+/// Seals the frame in `buf` (see [`frame::seal`]) and writes it with one
+/// call.
 async fn write_frame(
     wr: &mut OwnedWriteHalf,
     key: &SealKey,
     counter: &mut u64,
     buf: &mut Vec<u8>,
 ) -> Result<(), LinkError> {
-    key.seal_from(*counter, buf, 2)?;
+    frame::seal(key, *counter, buf)?;
     *counter += 1;
-    let len = u16::try_from(buf.len() - 2).map_err(|_| LinkError::BadPacket("frame too long"))?;
-    buf[..2].copy_from_slice(&len.to_be_bytes());
     wr.write_all(buf).await?;
     Ok(())
 }
 
-/// Starts a frame of type `ty` in `buf`, with room for the length.
-fn start_frame(buf: &mut Vec<u8>, ty: u8) {
-    buf.clear();
-    buf.extend_from_slice(&[0, 0, ty]);
-}
+use frame::start_frame;
 
 async fn writer(
     mut wr: OwnedWriteHalf,
