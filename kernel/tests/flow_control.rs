@@ -52,7 +52,8 @@ fn slow_link_keeps_relay_queue_bounded() {
     let q = net.nodes[1].stats().max_circuit_queue;
     eprintln!("slow link: relay max queue {q} cells");
     let p = CcParams::default();
-    // Slow start may overshoot once; afterwards Vegas holds alpha..beta.
+    // Startup may overshoot once; afterwards the controller holds the
+    // queue near its target (Vegas: alpha..beta; BBR: a fraction of a BDP).
     assert!(q <= 2 * p.delta + 4 * flow::SENDME_INC, "{q}");
 }
 
@@ -89,9 +90,13 @@ fn stalled_reader_holds_bounded_buffers_then_completes() {
 #[test]
 fn greedy_sender_is_cut_off_and_others_continue() {
     // Node 0 ignores congestion control (a huge fixed window); relays bound
-    // each circuit's queue at 500 cells. Node 4 behaves.
+    // each circuit's queue at 2000 cells. Node 4 behaves: its controller's
+    // queue (BBR's Startup overshoot is about 2 BDPs, its model measured
+    // behind the greedy circuit's queue) stays below the bound.
     let greedy = NodeConfig {
+        // Vegas paces at cwnd / min RTT: with this window, not at all.
         cc: CcParams {
+            algorithm: flow::CcAlgorithm::Vegas,
             cwnd_init: 100_000,
             cwnd_min: 100_000,
             cwnd_max: 100_000,
@@ -100,7 +105,7 @@ fn greedy_sender_is_cut_off_and_others_continue() {
         ..NodeConfig::default()
     };
     let bounded = NodeConfig {
-        max_queued_per_circuit: 500,
+        max_queued_per_circuit: 2000,
         ..NodeConfig::default()
     };
     let mut net = Net::with_node_configs(5, 24, |i| if i == 0 { greedy } else { bounded });
@@ -119,5 +124,5 @@ fn greedy_sender_is_cut_off_and_others_continue() {
     );
     assert!(!net.senders[b].ok());
     assert!(net.senders[g].ok());
-    assert!(net.nodes[1].stats().circuits_killed >= 1);
+    assert_eq!(net.nodes[1].stats().circuits_killed, 1);
 }
