@@ -139,8 +139,8 @@ mod tests {
         for k in 0..(4000 / u64::from(SENDME_INC)) {
             let at = if k < 64 { 60_000_000 } else { 80_000_000 };
             let ack = l.on_sendme(Time(at + k), &[4; 16])?;
-            if ack.interval > 0 {
-                max_rate = max_rate.max(ack.delivered * 1_000_000 / ack.interval);
+            if let Some(rate) = (ack.delivered * 1_000_000).checked_div(ack.interval) {
+                max_rate = max_rate.max(rate);
             }
         }
         assert!(max_rate <= 105, "{max_rate} cells/ms");

@@ -137,6 +137,9 @@ pub struct CircuitCc {
     controller: Controller,
 }
 
+// Inline, not boxed: BBR is the default, so the larger variant is the one
+// in use, and a box would cost an allocation per circuit end.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Controller {
     Vegas(Vegas),
