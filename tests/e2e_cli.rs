@@ -81,6 +81,11 @@ fn every_bad_input_is_one_line_and_exit_code_2() {
             "--proxy",
         ),
         (vec!["run", "--control", "localhost"], "--control"),
+        (vec!["run", "--circuit-cc", "cubic"], "--circuit-cc"),
+        (
+            vec!["tunnel", "1>rand>h:1", "--circuit-cc", "x"],
+            "--circuit-cc",
+        ),
         (
             vec!["run", "--config", bad_config.to_str().unwrap()],
             "listen_typo",

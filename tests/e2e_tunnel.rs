@@ -75,6 +75,36 @@ fn tunnel_over_mixed_path_100_mb_each_way() {
 }
 
 #[test]
+fn tunnel_with_bbr_circuits_both_ways() {
+    // Both ends run the BBR circuit controller (the client for what it
+    // sends, the exit for what it sends back); bytes arrive exact.
+    let _g = heavy();
+    let server = pattern_server();
+    let r1 = relay("udt", &[]);
+    let r2 = relay("udt", &[]);
+    let mut exit_args = exit_policy().to_vec();
+    exit_args.extend(["--circuit-cc", "bbr"]);
+    let r3 = relay("udt", &exit_args);
+    let spec = format!(
+        "127.0.0.1:0>{}>{}>{}>{}",
+        r1.addr(),
+        r2.addr(),
+        r3.addr(),
+        server.addr
+    );
+    let client = Relayd::start(&["tunnel", &spec, "--circuit-cc", "bbr"]);
+    let c = TcpStream::connect(client.tunnels[0]).unwrap();
+    let bytes = 30 * MB;
+    let sent = exchange(c, bytes, bytes, Duration::from_secs(120)).unwrap();
+    let (got, n) = server
+        .received
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(n, bytes);
+    assert_eq!(got, sent, "server received different bytes");
+}
+
+#[test]
 fn each_tunnel_connection_gets_its_own_circuit_and_control_port_lists_it() {
     let server = pattern_server();
     let r1 = relay("udt", &[]);

@@ -7,6 +7,7 @@
 //! XOFF and the sender pauses that stream alone, so a slow reader holds at most
 //! its threshold plus one congestion window, and other streams keep moving.
 
+use crate::time::Time;
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
@@ -119,6 +120,8 @@ pub(crate) struct Stream {
     pub peer_xoff: bool,
     /// A StreamReadable event is outstanding (cleared by a read).
     pub readable_signalled: bool,
+    /// When that event was raised.
+    pub readable_at: Time,
     /// A write was cut short: signal StreamWritable when there is room.
     pub writable_wanted: bool,
     /// Received datagrams (UDP streams).
@@ -142,6 +145,7 @@ impl Stream {
             xoff_sent: false,
             peer_xoff: false,
             readable_signalled: false,
+            readable_at: Time(0),
             writable_wanted: false,
             datagrams: VecDeque::new(),
             resolve_only: false,

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use relay_kernel::flow::CcAlgorithm;
 use relay_link_udt::cc::CongestionKind;
 
 use crate::error::SimError;
@@ -32,6 +33,10 @@ pub struct Scenario {
     /// default).
     #[serde(default)]
     pub cc: Option<String>,
+    /// Circuits' end-to-end congestion controller: "bbr" or "vegas" (None:
+    /// the kernel default).
+    #[serde(default)]
+    pub circuit_cc: Option<String>,
     /// Bytes of IPv4 + UDP header counted on the wire per datagram.
     #[serde(default = "default_ip_overhead")]
     pub ip_overhead: usize,
@@ -410,6 +415,14 @@ impl Scenario {
         }
     }
 
+    /// The circuit congestion controller the scenario asks for.
+    pub fn circuit_congestion(&self) -> Result<CcAlgorithm, SimError> {
+        match &self.circuit_cc {
+            None => Ok(CcAlgorithm::default()),
+            Some(s) => s.parse().map_err(SimError::Invalid),
+        }
+    }
+
     /// Checks the scenario makes sense.
     pub fn validate(&self) -> Result<(), SimError> {
         let bad = |m: String| Err(SimError::Invalid(m));
@@ -424,6 +437,7 @@ impl Scenario {
             ));
         }
         self.congestion()?;
+        self.circuit_congestion()?;
         for g in &self.groups {
             if !matches!(g.role.as_str(), "client" | "relay" | "exit") {
                 return bad(format!(
@@ -500,5 +514,11 @@ mod tests {
         let bbr = Scenario::parse("t", "name = \"t\"\nduration_s = 1\ncc = \"bbr\"").unwrap();
         assert_eq!(bbr.congestion().unwrap(), CongestionKind::Bbr);
         assert!(Scenario::parse("t", "name = \"t\"\nduration_s = 1\ncc = \"reno\"").is_err());
+        let vegas =
+            Scenario::parse("t", "name = \"t\"\nduration_s = 1\ncircuit_cc = \"vegas\"").unwrap();
+        assert_eq!(vegas.circuit_congestion().unwrap(), CcAlgorithm::Vegas);
+        assert!(
+            Scenario::parse("t", "name = \"t\"\nduration_s = 1\ncircuit_cc = \"cubic\"").is_err()
+        );
     }
 }

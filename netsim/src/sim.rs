@@ -12,6 +12,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use rand::seq::SliceRandom;
 use rand::RngCore;
+use relay_kernel::flow::CcParams;
 use relay_kernel::{HopSpec, Node, NodeConfig, NodeId, OnionKeypair, Time};
 use relay_link::Identity;
 
@@ -382,9 +383,14 @@ impl Sim {
         // A node keeps up to `cell_pool` spare cell buffers: a per-process
         // cache that would cost 2 MiB per simulated host at the default
         // (1000 clients: 2 GiB). 256 spare cells are plenty per host.
+        let defaults = NodeConfig::default();
         let config = NodeConfig {
             cell_pool: 256,
-            ..NodeConfig::default()
+            cc: CcParams {
+                algorithm: self.scenario.circuit_congestion()?,
+                ..defaults.cc
+            },
+            ..defaults
         };
         let node = Node::new(identity.node_id(), onion, config, Box::new(rng));
         let core: Box<dyn LinkCore> = match self.scenario.link.as_str() {

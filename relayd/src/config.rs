@@ -93,6 +93,8 @@ pub struct Config {
     /// Log filter (`tracing` / `RUST_LOG` syntax, e.g. `info` or
     /// `relayd=debug,warn`).
     pub log: Option<String>,
+    /// Circuit congestion control: `vegas` or `bbr`.
+    pub circuit_cc: Option<String>,
 }
 
 impl Config {
@@ -196,6 +198,10 @@ impl Config {
         if let Some(p) = &self.peers {
             Peers::load(p).map_err(|e| ("peers".to_string(), e.to_string()))?;
         }
+        if let Some(cc) = &self.circuit_cc {
+            cc.parse::<relay_kernel::flow::CcAlgorithm>()
+                .map_err(|e| ("circuit_cc".to_string(), e))?;
+        }
         if let Some(l) = &self.log {
             if l.trim().is_empty() || !l.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err((
@@ -269,6 +275,7 @@ control = "127.0.0.1:9051"
 tunnel = ["2222>rand>{a}@udt://127.0.0.1:9002>10.0.0.5:22"]
 proxy = ["1080>rand>rand>rand>internet"]
 log = "relayd=debug,warn"
+circuit_cc = "bbr"
 "#,
             a = id(1),
             b = id(2)
@@ -284,6 +291,7 @@ log = "relayd=debug,warn"
         assert_eq!(c.proxy.len(), 1);
         assert_eq!(c.log.as_deref(), Some("relayd=debug,warn"));
         assert_eq!(c.peers, None);
+        assert_eq!(c.circuit_cc.as_deref(), Some("bbr"));
     }
 
     #[test]
@@ -355,6 +363,9 @@ log = "relayd=debug,warn"
         assert_eq!(key, "log");
         let (key, _) = invalid("log = \"relayd=loud\"");
         assert_eq!(key, "log");
+        let (key, problem) = invalid("circuit_cc = \"cubic\"");
+        assert_eq!(key, "circuit_cc");
+        assert!(problem.contains("vegas or bbr"), "{problem}");
         let e = parse("proxy = [\"x\"]").unwrap_err().to_string();
         assert!(e.starts_with("config test.toml: proxy[0]: \"x\": "), "{e}");
     }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use relay_kernel::flow::CcAlgorithm;
 use relay_link::{LinkAddr, PeerAddr};
 use relayd::config::Config;
 use relayd::exit_policy::ExitPolicy;
@@ -122,6 +123,10 @@ struct RunArgs {
     /// Seconds of silence after which a link is declared dead.
     #[arg(long, default_value_t = 8)]
     link_idle_timeout: u64,
+    /// End-to-end congestion control of the circuits this node builds or
+    /// ends: vegas (default) or bbr (keeps its rate on long lossy paths).
+    #[arg(long)]
+    circuit_cc: Option<String>,
 }
 
 #[derive(Args)]
@@ -138,6 +143,9 @@ struct ClientArgs {
     /// Tunnels carry all their connections on one shared circuit.
     #[arg(long)]
     share_circuits: bool,
+    /// Circuit congestion control: vegas (default) or bbr.
+    #[arg(long)]
+    circuit_cc: Option<String>,
 }
 
 /// A user mistake: printed as one line, exit code 2.
@@ -200,6 +208,12 @@ fn options(mut a: RunArgs) -> Result<RunOptions, Usage> {
         Some(p) => Peers::load(p).map_err(|e| Usage(e.to_string()))?,
         None => Peers::default(),
     };
+    let circuit_cc = match &a.circuit_cc {
+        Some(s) => s
+            .parse::<CcAlgorithm>()
+            .map_err(|e| Usage(format!("--circuit-cc: {e}")))?,
+        None => CcAlgorithm::default(),
+    };
     if a.link_idle_timeout == 0 || a.link_idle_timeout > 3600 {
         return Err(Usage("--link-idle-timeout: 1 to 3600 seconds".into()));
     }
@@ -216,6 +230,7 @@ fn options(mut a: RunArgs) -> Result<RunOptions, Usage> {
         peers,
         share_circuits: a.share_circuits,
         idle_timeout: Duration::from_secs(a.link_idle_timeout),
+        circuit_cc,
     })
 }
 
@@ -235,6 +250,7 @@ fn merge(a: &mut RunArgs, c: Config) {
     a.dir = a.dir.take().or(c.dir);
     a.control = a.control.take().or(c.control);
     a.peers = a.peers.take().or(c.peers);
+    a.circuit_cc = a.circuit_cc.take().or(c.circuit_cc);
     a.act_as_tracker |= c.act_as_tracker;
 }
 
@@ -315,6 +331,7 @@ async fn run_command(cmd: Command) -> Result<u8, Usage> {
                 peers: client.peers,
                 tunnel: vec![spec],
                 share_circuits: client.share_circuits,
+                circuit_cc: client.circuit_cc,
                 link_idle_timeout: 8,
                 ..RunArgs::default()
             };
@@ -326,6 +343,7 @@ async fn run_command(cmd: Command) -> Result<u8, Usage> {
                 tracker: client.tracker,
                 peers: client.peers,
                 proxy: vec![spec],
+                circuit_cc: client.circuit_cc,
                 link_idle_timeout: 8,
                 ..RunArgs::default()
             };

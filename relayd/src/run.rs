@@ -42,6 +42,8 @@ pub struct RunOptions {
     pub share_circuits: bool,
     /// Link idle timeout.
     pub idle_timeout: Duration,
+    /// Congestion control of the circuits this node ends.
+    pub circuit_cc: relay_kernel::flow::CcAlgorithm,
 }
 
 /// Why the daemon could not start (exit code 2 for the user's mistakes).
@@ -94,6 +96,7 @@ pub async fn start(opts: RunOptions) -> Result<Running, RunError> {
         ..DaemonConfig::default()
     };
     config.link.idle_timeout = opts.idle_timeout;
+    config.node.cc.algorithm = opts.circuit_cc;
     config.link.keepalive = (opts.idle_timeout / 4).max(Duration::from_millis(500));
     let daemon = Daemon::start(keys, config).await?;
     let client = Arc::new(Client::new(daemon.clone(), opts.peers));

@@ -15,7 +15,7 @@ use super::{CircuitRef, Event, Node, Role, Side};
 use crate::cell::{Cell, CellCommand};
 use crate::crypto::onion::{outbound_room, INBOUND_ROOM};
 use crate::error::NodeError;
-use crate::flow::{CcParams, SendmeCounter, Vegas};
+use crate::flow::{CcParams, CircuitCc, SendmeCounter};
 use crate::relay_msg::{
     self, Begin, EndReason, RelayCommand, RelayMsg, StreamKind, Target, MSG_HEADER_LEN,
 };
@@ -31,7 +31,7 @@ const ROOM_AT: usize = 16;
 /// Streams and congestion control at one end of a circuit.
 pub(crate) struct Edge {
     pub streams: BTreeMap<u16, Stream>,
-    pub cc: Vegas,
+    pub cc: CircuitCc,
     pub sendme: SendmeCounter,
     next_stream: u16,
     /// Streams that may have data to send, in round-robin order.
@@ -40,18 +40,23 @@ pub(crate) struct Edge {
     next_send: Time,
     /// Set when data waits only for pacing: flush again at this time.
     pub wakeup: Option<Time>,
+    /// A stream was reported writable and the application has not written
+    /// since: an empty send queue then is the application's turn, not a
+    /// lack of data (see `flush_edge`).
+    app_notified: bool,
 }
 
 impl Edge {
     pub fn new(cc: CcParams) -> Edge {
         Edge {
             streams: BTreeMap::new(),
-            cc: Vegas::new(cc),
+            cc: CircuitCc::new(cc),
             sendme: SendmeCounter::default(),
             next_stream: 0,
             ready: VecDeque::new(),
             next_send: Time(0),
             wakeup: None,
+            app_notified: false,
         }
     }
 
@@ -299,12 +304,21 @@ impl Node {
             return Err(EndReason::Protocol);
         }
         s.recv_buf.extend_from_slice(data);
-        let xoff = s.recv_buf.len() > limits.xoff_threshold && !s.xoff_sent;
+        let signal = !s.readable_signalled;
+        if signal {
+            s.readable_signalled = true;
+            s.readable_at = now;
+        }
+        // XOFF only once the application had a turn to read: cells that
+        // arrive together (a link releasing a circuit's cells after a
+        // retransmission) may exceed the threshold before the application
+        // hears of the first, and stopping the sender for a full round trip
+        // then costs throughput for nothing. What arrives at one instant is
+        // bounded by the sender's window.
+        let xoff = s.recv_buf.len() > limits.xoff_threshold && !s.xoff_sent && now > s.readable_at;
         if xoff {
             s.xoff_sent = true;
         }
-        let signal = !s.readable_signalled;
-        s.readable_signalled = true;
         if signal {
             self.out.events.push_back(Event::StreamReadable(sref));
         }
@@ -397,6 +411,7 @@ impl Node {
         let room = self.data_room(circ);
         let send_buffer = self.config.streams.send_buffer;
         let mut chunk = [0u8; INBOUND_ROOM];
+        let mut sent_any = false;
         loop {
             let Some(edge) = self.edge_mut(circ) else {
                 return;
@@ -406,6 +421,16 @@ impl Node {
             // would stay in the past and make `poll_timeout` return a due
             // time forever.
             if !edge.cc.can_send() || edge.ready.is_empty() {
+                if edge.ready.is_empty() && edge.cc.can_send() && !sent_any && !edge.app_notified {
+                    // The window is open and the application has nothing
+                    // queued although it was not waiting for a writable
+                    // report: what is in flight measures the application,
+                    // not the path. Without the two conditions a bulk
+                    // sender whose 256 KiB buffer a burst of SENDMEs empties
+                    // faster than it is refilled looks application-limited
+                    // (netsim long-fat: BBR never left Startup).
+                    edge.cc.on_app_limited();
+                }
                 edge.wakeup = None;
                 return;
             }
@@ -447,8 +472,10 @@ impl Node {
                     edge.ready.push_front(id);
                 }
                 if writable {
+                    edge.app_notified = true;
                     self.out.events.push_back(Event::StreamWritable(sref));
                 }
+                sent_any = true;
                 if self
                     .edge_send(now, circ, RelayCommand::Data, id, &chunk[..n])
                     .is_err()
@@ -602,6 +629,7 @@ impl Node {
         }
         if n > 0 {
             if let Some(edge) = self.edge_mut(s.circuit) {
+                edge.app_notified = false;
                 edge.mark_ready(s.id);
             }
             self.flush_edge(now, s.circuit);

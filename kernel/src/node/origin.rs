@@ -7,7 +7,7 @@ use super::{Circuit, CircuitRef, Event, LinkId, Node, Role, Side};
 use crate::cell::{Cell, CellCommand, BODY_LEN};
 use crate::crypto::onion::{ClientOnion, MAX_HOPS};
 use crate::error::NodeError;
-use crate::flow::{SendmeCounter, Vegas};
+use crate::flow::{CircuitCc, SendmeCounter};
 use crate::handshake::ClientHandshake;
 use crate::ids::NodeId;
 use crate::relay_msg::{EndReason, Extend, RelayCommand};
@@ -328,7 +328,7 @@ impl Node {
             let keys = hs.finish(reply).map_err(|_| NodeError::NotReady)?;
             o.onion.push_hop(&keys)?;
             if let Some(e) = c.edge.as_mut() {
-                e.cc = Vegas::new(self.config.cc);
+                e.cc = CircuitCc::new(self.config.cc);
                 e.sendme = SendmeCounter::default();
             }
             Ok(())

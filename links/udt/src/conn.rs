@@ -57,7 +57,7 @@ impl Default for ConnConfig {
     fn default() -> Self {
         ConnConfig {
             max_datagram: 1472,
-            recv_window_cells: 8192,
+            recv_window_cells: 32768,
             idle_timeout: 15_000_000_000,
             keepalive: 4_000_000_000,
             cc: CongestionKind::default(),

@@ -9,7 +9,7 @@ use relay_netsim::progress::Progress;
 use relay_netsim::SimError;
 
 const USAGE: &str =
-    "netsim run SCENARIO [--seed N] [--out DIR] [--duration S] [--link udt|quic|tcp|tcp-model] [--cc cubic|bbr|udt] [--loss P] | netsim list | netsim plot DIR";
+    "netsim run SCENARIO [--seed N] [--out DIR] [--duration S] [--link udt|quic|tcp|tcp-model] [--cc cubic|bbr|udt] [--circuit-cc bbr|vegas] [--loss P] | netsim list | netsim plot DIR";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -50,6 +50,7 @@ fn cmd_run(args: &[String]) -> Result<(), SimError> {
     let mut duration = None;
     let mut link = None;
     let mut cc = None;
+    let mut circuit_cc = None;
     let mut loss = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -74,6 +75,7 @@ fn cmd_run(args: &[String]) -> Result<(), SimError> {
             }
             "--link" => link = Some(value()?),
             "--cc" => cc = Some(value()?),
+            "--circuit-cc" => circuit_cc = Some(value()?),
             "--loss" => {
                 loss = Some(
                     value()?
@@ -96,6 +98,9 @@ fn cmd_run(args: &[String]) -> Result<(), SimError> {
     if cc.is_some() {
         scenario.cc = cc;
     }
+    if circuit_cc.is_some() {
+        scenario.circuit_cc = circuit_cc;
+    }
     if let Some(p) = loss {
         scenario.set_loss(p);
     }
@@ -105,6 +110,7 @@ fn cmd_run(args: &[String]) -> Result<(), SimError> {
     } else {
         scenario.link.clone()
     };
+    let link_desc = format!("{link_desc}; circuits {:?}", scenario.circuit_congestion()?);
     let out = out.unwrap_or_else(|| PathBuf::from(format!("netsim-out/{}-{seed}", scenario.name)));
     let mut bar = Progress::new();
     let result = run(scenario, seed, |now, end| bar.update(now, end))?;
