@@ -20,11 +20,23 @@ fn exit_policy() -> [&'static str; 2] {
 /// Three relays (the last an exit) on the given link kinds and a tunnel
 /// client; `bytes` each way through one tunnel connection.
 fn three_hop_tunnel(schemes: [&str; 3], bytes: u64) {
+    three_hop_tunnel_with(schemes, bytes, &[], &[]);
+}
+
+/// The same with extra flags for the exit and for the tunnel client.
+fn three_hop_tunnel_with(
+    schemes: [&str; 3],
+    bytes: u64,
+    exit_extra: &[&str],
+    client_extra: &[&str],
+) {
     let _g = heavy();
     let server = pattern_server();
     let r1 = relay(schemes[0], &[]);
     let r2 = relay(schemes[1], &[]);
-    let r3 = relay(schemes[2], &exit_policy());
+    let mut exit_args = exit_policy().to_vec();
+    exit_args.extend_from_slice(exit_extra);
+    let r3 = relay(schemes[2], &exit_args);
     let spec = format!(
         "127.0.0.1:0>{}>{}>{}>{}",
         r1.addr(),
@@ -32,7 +44,9 @@ fn three_hop_tunnel(schemes: [&str; 3], bytes: u64) {
         r3.addr(),
         server.addr
     );
-    let client = Relayd::start(&["tunnel", &spec]);
+    let mut client_args = vec!["tunnel", &spec];
+    client_args.extend_from_slice(client_extra);
+    let client = Relayd::start(&client_args);
     let start = Instant::now();
     let c = TcpStream::connect(client.tunnels[0]).unwrap();
     let sent = exchange(c, bytes, bytes, Duration::from_secs(120)).unwrap();
@@ -78,30 +92,8 @@ fn tunnel_over_mixed_path_100_mb_each_way() {
 fn tunnel_with_bbr_circuits_both_ways() {
     // Both ends run the BBR circuit controller (the client for what it
     // sends, the exit for what it sends back); bytes arrive exact.
-    let _g = heavy();
-    let server = pattern_server();
-    let r1 = relay("udt", &[]);
-    let r2 = relay("udt", &[]);
-    let mut exit_args = exit_policy().to_vec();
-    exit_args.extend(["--circuit-cc", "bbr"]);
-    let r3 = relay("udt", &exit_args);
-    let spec = format!(
-        "127.0.0.1:0>{}>{}>{}>{}",
-        r1.addr(),
-        r2.addr(),
-        r3.addr(),
-        server.addr
-    );
-    let client = Relayd::start(&["tunnel", &spec, "--circuit-cc", "bbr"]);
-    let c = TcpStream::connect(client.tunnels[0]).unwrap();
-    let bytes = 30 * MB;
-    let sent = exchange(c, bytes, bytes, Duration::from_secs(120)).unwrap();
-    let (got, n) = server
-        .received
-        .recv_timeout(Duration::from_secs(60))
-        .unwrap();
-    assert_eq!(n, bytes);
-    assert_eq!(got, sent, "server received different bytes");
+    let bbr = ["--circuit-cc", "bbr"];
+    three_hop_tunnel_with(["udt", "udt", "udt"], 30 * MB, &bbr, &bbr);
 }
 
 #[test]
