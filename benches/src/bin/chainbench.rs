@@ -240,7 +240,13 @@ fn plain_chain(server: SocketAddr) -> Chain {
     }
 }
 
-fn relayd_chain(server: SocketAddr, link: &str, bin: &PathBuf, name: &str) -> Chain {
+fn relayd_chain(
+    server: SocketAddr,
+    link: &str,
+    bin: &PathBuf,
+    name: &str,
+    circuit_cc: Option<&str>,
+) -> Chain {
     let listen = format!("{link}://127.0.0.1:0");
     let mut procs = Vec::new();
     let mut hops = Vec::new();
@@ -248,17 +254,26 @@ fn relayd_chain(server: SocketAddr, link: &str, bin: &PathBuf, name: &str) -> Ch
         let mut args = vec!["run", "--listen", listen.as_str()];
         if i == 2 {
             args.extend_from_slice(&["--exit-policy", "accept 127.0.0.1:*"]);
+            // The exit's controller governs the bulk download's direction.
+            if let Some(cc) = circuit_cc {
+                args.extend_from_slice(&["--circuit-cc", cc]);
+            }
         }
         let p = spawn(bin, &args);
         hops.push(field(&p, "listen").to_string());
         procs.push(p);
     }
     let spec = format!("127.0.0.1:0>{}>{}", hops.join(">"), server);
-    let client = spawn(bin, &["tunnel", &spec]);
+    let mut client_args = vec!["tunnel", spec.as_str()];
+    if let Some(cc) = circuit_cc {
+        client_args.extend_from_slice(&["--circuit-cc", cc]);
+    }
+    let client = spawn(bin, &client_args);
     let entry = field(&client, "tunnel").parse().expect("tunnel addr");
     procs.push(client);
+    let cc = circuit_cc.map(|c| format!(", {c}")).unwrap_or_default();
     Chain {
-        name: format!("{name} 3 hops ({link})"),
+        name: format!("{name} 3 hops ({link}{cc})"),
         entry,
         procs,
     }
@@ -381,7 +396,7 @@ fn hold_circuits(entry: SocketAddr, n: usize) -> Vec<TcpStream> {
 }
 
 const USAGE: &str = "usage: chainbench [--link udt|tcp|quic|s2n] [--bulk-mb N] [--bulk-reps N] \
-[--reps N] [--circuits N] [--relayd-b PATH]";
+[--reps N] [--circuits N] [--relayd-b PATH] [--circuit-cc vegas|bbr] [--circuit-cc-b vegas|bbr]";
 
 struct Opts {
     link: String,
@@ -390,6 +405,9 @@ struct Opts {
     reps: usize,
     circuits: usize,
     relayd_b: Option<PathBuf>,
+    /// Circuit congestion control of chain A and of chain B.
+    circuit_cc: Option<String>,
+    circuit_cc_b: Option<String>,
 }
 
 /// Strict flags: an unknown flag or a bad value is an error, not a default.
@@ -401,6 +419,8 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         reps: 9,
         circuits: 1000,
         relayd_b: None,
+        circuit_cc: None,
+        circuit_cc_b: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -424,6 +444,16 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
             "--bulk-reps" => o.bulk_reps = number(value)? as usize,
             "--reps" => o.reps = number(value)? as usize,
             "--relayd-b" => o.relayd_b = Some(PathBuf::from(value)),
+            "--circuit-cc" | "--circuit-cc-b" if ["vegas", "bbr"].contains(&value.as_str()) => {
+                if flag == "--circuit-cc" {
+                    o.circuit_cc = Some(value.clone());
+                } else {
+                    o.circuit_cc_b = Some(value.clone());
+                }
+            }
+            "--circuit-cc" | "--circuit-cc-b" => {
+                return Err(format!("{flag}: vegas or bbr, not {value:?}"))
+            }
             "--circuits" => o.circuits = number(value)? as usize,
             _ => return Err(format!("unknown option {flag:?}")),
         }
@@ -449,8 +479,14 @@ fn main() {
         bulk_reps,
         reps,
         circuits,
-        relayd_b,
+        mut relayd_b,
+        circuit_cc,
+        circuit_cc_b,
     } = opts;
+    // A B chain with another controller and no other binary runs this one.
+    if circuit_cc_b.is_some() && relayd_b.is_none() {
+        relayd_b = Some(relayd_bin());
+    }
     let bulk = bulk_mb << 20;
     let bin = relayd_bin();
     for b in std::iter::once(&bin).chain(relayd_b.as_ref()) {
@@ -464,10 +500,10 @@ fn main() {
     }
     let server = source_server();
     let plain = plain_chain(server);
-    let relay = relayd_chain(server, &link, &bin, "relayd");
+    let relay = relayd_chain(server, &link, &bin, "relayd", circuit_cc.as_deref());
     let relay_b = relayd_b
         .as_ref()
-        .map(|b| relayd_chain(server, &link, b, "relayd B"));
+        .map(|b| relayd_chain(server, &link, b, "relayd B", circuit_cc_b.as_deref()));
     let idle: Vec<u64> = relay
         .procs
         .iter()
