@@ -16,8 +16,9 @@
 //! - [`bbr`]: a model of the path's bottleneck rate and base RTT in the
 //!   manner of BBR (Cardwell et al., 2016). Head-of-line waits do not lower
 //!   the delivery rate the model measures, so they cost window, not rate
-//!   (544 Mbit/s in the same netsim run). It is slower than Vegas to reach
-//!   the rate of a fresh short path, so Vegas stays the default.
+//!   (542 against 15 Mbit/s in netsim long-fat). It builds larger queues at
+//!   shared bottlenecks and so slows other circuits' small transfers, so
+//!   Vegas stays the default.
 //!
 //! Neither has a fixed window like Tor's 1000-cell SENDME window; both stop
 //! at [`CcParams::cwnd_max`], and relays enforce a per-circuit queue bound
