@@ -112,11 +112,45 @@ fn stalled_reader(algorithm: flow::CcAlgorithm) {
     // The relay never held more than the congestion window allowed during
     // slow start, and holds nothing once XOFF took effect.
     assert!(relay_q <= 2000, "{relay_q}");
+    assert!(net.nodes[0].stats().xoffs_sent >= 1);
     assert_eq!(now_queued, 0);
     // Everything still arrives once the reader wakes up.
     net.clients_read = true;
     assert!(net.run_until(100_000, |n| n.all_senders_done()));
     assert!(net.senders[0].ok());
+}
+
+#[test]
+fn a_burst_above_the_xoff_threshold_does_not_stop_the_sender() {
+    // A link that releases a circuit's cells all at once (as after a
+    // retransmission on a lossy hop) can deliver more than the XOFF
+    // threshold in one instant. The reader gets its turn right after and
+    // reads everything, so no XOFF may go out: it would stop the exit for a
+    // round trip for nothing.
+    for algorithm in BOTH {
+        let mut net = net_with(algorithm, 4, 25);
+        net.latency = 10_000_000;
+        let c = net.build_ready(0, &[1, 2, 3]);
+        net.start_download(0, c, 40_000_000, 8);
+        assert!(net.run_until(60_000, |n| n.senders[0].received.len() >= 10_000_000));
+        // Hold the guard's link to the client for 40 ms, then let go.
+        net.pipe(1, 0).rate = Some(0);
+        net.run_until(40, |_| false);
+        net.pipe(1, 0).rate = None;
+        let mut largest_step = 0;
+        for _ in 0..100 {
+            let before = net.senders[0].received.len();
+            net.step();
+            largest_step = largest_step.max(net.senders[0].received.len() - before);
+        }
+        let threshold = stream::StreamLimits::default().xoff_threshold;
+        let xoffs = net.nodes[0].stats().xoffs_sent;
+        eprintln!("{algorithm:?}: largest burst {largest_step} bytes, {xoffs} XOFF");
+        assert!(largest_step > threshold, "{largest_step}");
+        assert_eq!(xoffs, 0);
+        assert!(net.run_until(60_000, |n| n.all_senders_done()));
+        assert!(net.senders[0].ok());
+    }
 }
 
 #[test]

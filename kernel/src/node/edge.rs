@@ -323,6 +323,7 @@ impl Node {
             self.out.events.push_back(Event::StreamReadable(sref));
         }
         if xoff {
+            self.out.stats.xoffs_sent += 1;
             self.edge_send(now, sref.circuit, RelayCommand::Xoff, sref.id, &[])
                 .map_err(|_| EndReason::Misc)?;
         }

@@ -175,6 +175,8 @@ pub struct NodeStats {
     pub cells_dropped: u64,
     /// Largest number of cells queued for one circuit on one link.
     pub max_circuit_queue: u32,
+    /// XOFF messages sent (a stream's reader fell behind).
+    pub xoffs_sent: u64,
 }
 
 /// One link's state in the node.
