@@ -335,3 +335,79 @@ pub(crate) mod testing {
         }
     }
 }
+
+#[cfg(test)]
+mod hostile_sendme_tests {
+    //! SENDME timing and content come from the far end of the circuit:
+    //! whatever it does, the controllers neither panic nor leave their
+    //! bounds, and the ledger's count stays exact.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Send(u16),
+        Sendme { right_tag: bool },
+        AppLimited,
+        Wait(u64),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (1u16..200).prop_map(Step::Send),
+            any::<bool>().prop_map(|right_tag| Step::Sendme { right_tag }),
+            Just(Step::AppLimited),
+            // From nothing to 20 s, so ProbeRtt and filter ageing happen.
+            (0u64..20_000_000_000).prop_map(Step::Wait),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_sendme_sequence_keeps_the_controllers_sane(
+            steps in proptest::collection::vec(step(), 1..400),
+            bbr in any::<bool>(),
+        ) {
+            let params = CcParams {
+                algorithm: if bbr { CcAlgorithm::Bbr } else { CcAlgorithm::Vegas },
+                ..CcParams::default()
+            };
+            let mut cc = CircuitCc::new(params);
+            let mut now = Time(0);
+            let (mut sent, mut acked) = (0u64, 0u64);
+            for s in steps {
+                match s {
+                    Step::Send(n) => {
+                        for _ in 0..n {
+                            cc.on_send(now, [9; 16]);
+                            sent += 1;
+                        }
+                    }
+                    Step::Sendme { right_tag } => {
+                        let tag = if right_tag { [9; 16] } else { [8; 16] };
+                        let due = sent / u64::from(SENDME_INC) > acked;
+                        match cc.on_sendme(now, &tag) {
+                            Ok(()) => {
+                                prop_assert!(due && right_tag);
+                                acked += 1;
+                            }
+                            Err(SendmeError::Unexpected) => prop_assert!(!due),
+                            Err(SendmeError::WrongTag) => prop_assert!(due && !right_tag),
+                        }
+                    }
+                    Step::AppLimited => cc.on_app_limited(),
+                    Step::Wait(ns) => now = now.plus_nanos(ns),
+                }
+                let cwnd = cc.cwnd();
+                prop_assert!((params.cwnd_min..=params.cwnd_max).contains(&cwnd), "{cwnd}");
+                let expect = sent - acked * u64::from(SENDME_INC);
+                prop_assert_eq!(u64::from(cc.inflight()), expect);
+                if let Some(i) = cc.pacing_interval() {
+                    prop_assert!(i < u64::MAX);
+                }
+            }
+        }
+    }
+}
