@@ -276,6 +276,7 @@ fn flush_link(st: &mut State, id: LinkId) {
         node,
         links,
         need_room,
+        spent,
         ..
     } = st;
     let Some(l) = links.get_mut(&id) else {
@@ -288,7 +289,14 @@ fn flush_link(st: &mut State, id: LinkId) {
     if l.blocked {
         return;
     }
-    match l.tx.push_from(|| node.poll_transmit(id)) {
+    // The link's written-out cells come back under the same queue lock;
+    // the node reuses their buffers for the cells it originates instead of
+    // allocating and zeroing new ones (the exit makes one per data cell).
+    let pushed = l.tx.push_from_recycling(|| node.poll_transmit(id), spent);
+    for c in spent.drain(..) {
+        node.recycle(c);
+    }
+    match pushed {
         Push::Drained => {}
         Push::Full => {
             // The driver watches for room and flushes again.
