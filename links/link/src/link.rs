@@ -99,17 +99,6 @@ impl LinkSender {
         self.tx.push_from(next)
     }
 
-    /// [`LinkSender::push_from`] that also moves to `spent` the cells the
-    /// link task has written out and handed back for reuse (see
-    /// [`CellTx::push_from_recycling`]).
-    pub fn push_from_recycling(
-        &self,
-        next: impl FnMut() -> Option<Cell>,
-        spent: &mut Vec<Cell>,
-    ) -> Push {
-        self.tx.push_from_recycling(next, Some(spent))
-    }
-
     /// Waits until the link can take at least one more cell.
     pub async fn ready(&self) -> Result<(), LinkError> {
         self.tx.ready().await

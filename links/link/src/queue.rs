@@ -33,9 +33,6 @@ struct State {
     receiver_alive: bool,
     rx_waker: Option<Waker>,
     tx_wakers: Vec<Waker>,
-    /// Cells the receiver has written out, whose buffers the sender may
-    /// reuse (see [`CellRx::give_back`]); at most `cap`.
-    spent: Vec<Cell>,
 }
 
 impl State {
@@ -71,7 +68,6 @@ pub fn cell_queue(cap: usize) -> (CellTx, CellRx) {
             receiver_alive: true,
             rx_waker: None,
             tx_wakers: Vec::new(),
-            spent: Vec::new(),
         }),
     });
     (
@@ -148,23 +144,9 @@ impl CellTx {
     /// Queues cells taken from `next` until it returns `None` or the queue
     /// is full, under one lock, waking the receiver once. `next` is not
     /// called when there is no room, so no cell is lost.
-    pub fn push_from(&self, next: impl FnMut() -> Option<Cell>) -> Push {
-        self.push_from_recycling(next, None)
-    }
-
-    /// [`CellTx::push_from`] that also moves the cells the receiver gave
-    /// back ([`CellRx::give_back`]) to `spent`, under the same lock, so
-    /// their buffers can go back to the node's cell pool.
-    pub fn push_from_recycling(
-        &self,
-        mut next: impl FnMut() -> Option<Cell>,
-        spent: Option<&mut Vec<Cell>>,
-    ) -> Push {
+    pub fn push_from(&self, mut next: impl FnMut() -> Option<Cell>) -> Push {
         let (result, waker) = {
             let mut st = self.shared.lock();
-            if let Some(spent) = spent {
-                spent.append(&mut st.spent);
-            }
             if !st.can_send() {
                 return Push::Closed;
             }
@@ -276,18 +258,6 @@ impl CellTx {
     }
 }
 
-/// `cell` if its buffer is its own and cell-sized, so reusing it pins no
-/// other memory. Costs an atomic load for a shared buffer; a buffer of its
-/// own (`BytesMut::zeroed`, a cell pool's) is neither copied nor
-/// reallocated.
-fn reusable(cell: Cell) -> Option<Cell> {
-    let buf = cell.into_bytes().freeze().try_into_mut().ok()?;
-    if buf.capacity() > 2 * relay_kernel::CELL_LEN {
-        return None;
-    }
-    Cell::from_bytes(buf).ok()
-}
-
 /// The receiving end.
 pub struct CellRx {
     shared: Arc<Shared>,
@@ -332,29 +302,6 @@ impl CellRx {
         };
         wakers.into_iter().for_each(Waker::wake);
         Poll::Ready(n)
-    }
-
-    /// Hands cells whose bytes were written out back to the senders, which
-    /// may reuse their buffers ([`CellTx::push_from_recycling`]); drains
-    /// `cells`. Only cells that own their buffer alone and are no larger
-    /// than a cell are kept (a cell split off a receive block shares the
-    /// block: keeping it would pin the block), at most the queue's capacity
-    /// of them; the others are dropped here, outside the lock.
-    pub fn give_back(&mut self, cells: &mut Vec<Cell>) {
-        // Collecting in place keeps the vector's allocation.
-        let mut kept: Vec<Cell> = std::mem::take(cells)
-            .into_iter()
-            .filter_map(reusable)
-            .collect();
-        if !kept.is_empty() {
-            let mut st = self.shared.lock();
-            if st.receiver_alive && !st.closed {
-                let room = st.cap.saturating_sub(st.spent.len()).min(kept.len());
-                st.spent.extend(kept.drain(..room));
-            }
-        }
-        kept.clear();
-        *cells = kept;
     }
 
     /// Waits for cells and moves up to `max` of them to `out`; 0 means the
@@ -417,44 +364,6 @@ mod tests {
 
     fn cell(i: u32) -> Cell {
         Cell::new(i, CellCommand::Padding)
-    }
-
-    #[test]
-    fn given_back_cells_return_to_the_sender_only_with_buffers_of_their_own() {
-        let (tx, mut rx) = cell_queue(3);
-        // Two cells split off one receive block (shared), four of their own.
-        let mut block = bytes::BytesMut::zeroed(2 * relay_kernel::CELL_LEN + 100);
-        let a = Cell::from_bytes(block.split_to(relay_kernel::CELL_LEN)).unwrap();
-        let b = Cell::from_bytes(block.split_to(relay_kernel::CELL_LEN)).unwrap();
-        let own: Vec<Cell> = (1..=4).map(cell).collect();
-        let ptrs: Vec<*const u8> = own.iter().map(|c| c.as_bytes().as_ptr()).collect();
-        let mut written = vec![a, b];
-        written.extend(own);
-        rx.give_back(&mut written);
-        assert!(written.is_empty());
-        let mut spent = Vec::new();
-        assert_eq!(
-            tx.push_from_recycling(|| None, Some(&mut spent)),
-            Push::Drained
-        );
-        // At most the queue's capacity, in order, the same buffers.
-        let got: Vec<*const u8> = spent.iter().map(|c| c.as_bytes().as_ptr()).collect();
-        assert_eq!(got, ptrs[..3]);
-        assert_eq!(spent[0].raw_circ_id(), 1);
-        // Taken once.
-        let mut again = Vec::new();
-        tx.push_from_recycling(|| None, Some(&mut again));
-        assert!(again.is_empty());
-        // A block whose other cells are gone is still refused: keeping it
-        // as one cell would pin the whole block.
-        drop(block);
-        let mut big = bytes::BytesMut::zeroed(4 * relay_kernel::CELL_LEN);
-        let only = Cell::from_bytes(big.split_to(relay_kernel::CELL_LEN)).unwrap();
-        drop(big);
-        let mut written = vec![only];
-        rx.give_back(&mut written);
-        tx.push_from_recycling(|| None, Some(&mut again));
-        assert!(again.is_empty());
     }
 
     #[tokio::test]

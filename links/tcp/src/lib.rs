@@ -279,11 +279,9 @@ async fn writer(
         };
         if n > 0 {
             start_frame(&mut buf, FRAME_CELLS);
-            for c in &cells {
+            for c in cells.drain(..) {
                 buf.extend_from_slice(c.as_bytes());
             }
-            // The buffers of cells the node made go back to its pool.
-            outgoing.give_back(&mut cells);
             if write_frame(&mut wr, &key, &mut counter, &mut buf)
                 .await
                 .is_err()

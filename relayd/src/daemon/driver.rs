@@ -276,7 +276,6 @@ fn flush_link(st: &mut State, id: LinkId) {
         node,
         links,
         need_room,
-        spent,
         ..
     } = st;
     let Some(l) = links.get_mut(&id) else {
@@ -289,14 +288,7 @@ fn flush_link(st: &mut State, id: LinkId) {
     if l.blocked {
         return;
     }
-    // The link's written-out cells come back under the same queue lock;
-    // the node reuses their buffers for the cells it originates instead of
-    // allocating and zeroing new ones (the exit makes one per data cell).
-    let pushed = l.tx.push_from_recycling(|| node.poll_transmit(id), spent);
-    for c in spent.drain(..) {
-        node.recycle(c);
-    }
-    match pushed {
+    match l.tx.push_from(|| node.poll_transmit(id)) {
         Push::Drained => {}
         Push::Full => {
             // The driver watches for room and flushes again.

@@ -151,9 +151,6 @@ pub(crate) struct State {
     pub armed: Option<Time>,
     /// Tasks to wake once the lock is released (`driver::release`).
     pub wakes: Vec<std::task::Waker>,
-    /// Cells links wrote out and gave back, on their way to the node's
-    /// cell pool (`driver::flush_link`); empty between calls.
-    pub spent: Vec<relay_kernel::Cell>,
 }
 
 /// Shared by the driver and every handle.
@@ -243,7 +240,6 @@ impl Daemon {
                 need_room: Vec::new(),
                 armed: None,
                 wakes: Vec::new(),
-                spent: Vec::new(),
             }),
             wake: Notify::new(),
             directory_changed: Notify::new(),
