@@ -125,18 +125,34 @@ pub fn open(
 /// payload is appended next, then [`seal`] finishes the frame.
 pub fn start_frame(buf: &mut Vec<u8>, ty: u8) {
     buf.clear();
+    append_frame(buf, ty);
+}
+
+/// Starts a frame of type `ty` after the frames already in `buf` (several
+/// frames then go out in one write); returns where it starts, for
+/// [`seal_at`].
+pub fn append_frame(buf: &mut Vec<u8>, ty: u8) -> usize {
+    let at = buf.len();
     buf.extend_from_slice(&[0, 0, ty]);
+    at
 }
 
 /// Seals `buf[2..]` (frame type and payload) as frame number `counter` and
 /// puts its length in `buf[..2]`: `buf` is then the whole frame.
 pub fn seal(key: &SealKey, counter: u64, buf: &mut Vec<u8>) -> Result<(), LinkError> {
-    if buf.len() < 3 {
+    seal_at(key, counter, buf, 0)
+}
+
+/// Seals the frame that starts at `at` in `buf` (see [`append_frame`]) and
+/// runs to its end, as frame number `counter`.
+pub fn seal_at(key: &SealKey, counter: u64, buf: &mut Vec<u8>, at: usize) -> Result<(), LinkError> {
+    if buf.len() < at.saturating_add(3) {
         return Err(LinkError::BadPacket("frame without a type"));
     }
-    key.seal_from(counter, buf, 2)?;
-    let len = u16::try_from(buf.len() - 2).map_err(|_| LinkError::BadPacket("frame too long"))?;
-    buf[..2].copy_from_slice(&len.to_be_bytes());
+    key.seal_from(counter, buf, at + 2)?;
+    let len =
+        u16::try_from(buf.len() - at - 2).map_err(|_| LinkError::BadPacket("frame too long"))?;
+    buf[at..at + 2].copy_from_slice(&len.to_be_bytes());
     Ok(())
 }
 
@@ -189,6 +205,27 @@ mod tests {
         assert_eq!(next_frame(&mut rx), Ok(Next::Need(MIN_FRAME - 1)));
         let mut bad = BytesMut::from(&[0u8, 3, 0, 0, 0][..]);
         assert_eq!(next_frame(&mut bad), Err(FrameError::BadLength(3)));
+    }
+
+    #[test]
+    fn appended_frames_are_the_frames_sealed_one_by_one() {
+        let (seal_key, _) = keys();
+        let (mut joined, mut one, mut wire) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, ty) in [FRAME_CELLS, FRAME_KEEPALIVE, FRAME_CELLS]
+            .into_iter()
+            .enumerate()
+        {
+            let at = append_frame(&mut joined, ty);
+            start_frame(&mut one, ty);
+            for b in [&mut joined, &mut one] {
+                b.extend_from_slice(&[i as u8; CELL_LEN]);
+            }
+            seal_at(&seal_key, i as u64, &mut joined, at).unwrap();
+            seal(&seal_key, i as u64, &mut one).unwrap();
+            wire.extend_from_slice(&one);
+        }
+        assert_eq!(joined, wire);
+        assert!(seal_at(&seal_key, 9, &mut joined.clone(), joined.len() - 2).is_err());
     }
 
     #[test]

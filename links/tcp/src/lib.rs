@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
-use relay_kernel::NodeId;
+use relay_kernel::{Cell, NodeId};
 use relay_link::link::CloseCell;
 use relay_link::transport::{OpenKey, SealKey};
 use relay_link::{
@@ -194,29 +194,32 @@ async fn reader(
 ) {
     let mut buf = BytesMut::with_capacity(READ_BLOCK);
     let mut counter = 0u64;
-    let mut cells = VecDeque::with_capacity(MAX_BATCH);
-    let reason = 'read: loop {
-        // Every whole frame in the buffer.
-        let needed = loop {
+    let mut cells = VecDeque::with_capacity(4 * MAX_BATCH);
+    let reason = loop {
+        // Every whole frame in the buffer; their cells go to the node in one
+        // batch (one queue lock and one wake-up of the driver per read, not
+        // per frame). A frame that ends the link ends it after the cells
+        // of the frames before it.
+        let (needed, end) = loop {
             let sealed = match frame::next_frame(&mut buf) {
                 Ok(Next::Frame(f)) => f,
-                Ok(Next::Need(n)) => break n,
-                Err(e) => break 'read CloseReason::Error(e.to_string()),
+                Ok(Next::Need(n)) => break (n, None),
+                Err(e) => break (0, Some(CloseReason::Error(e.to_string()))),
             };
             let got = frame::open(&key, counter, sealed, &mut cells);
             counter += 1;
             match got {
-                Ok(Received::Cells) => {
-                    // The whole frame in one batch.
-                    if incoming.send_all(&mut cells).await.is_err() {
-                        break 'read CloseReason::Local;
-                    }
-                }
-                Ok(Received::Keepalive) => {}
-                Ok(Received::Close) => break 'read CloseReason::Peer,
-                Err(e) => break 'read CloseReason::Error(e.to_string()),
+                Ok(Received::Cells | Received::Keepalive) => {}
+                Ok(Received::Close) => break (0, Some(CloseReason::Peer)),
+                Err(e) => break (0, Some(CloseReason::Error(e.to_string()))),
             }
         };
+        if !cells.is_empty() && incoming.send_all(&mut cells).await.is_err() {
+            break CloseReason::Local;
+        }
+        if let Some(reason) = end {
+            break reason;
+        }
         make_room(&mut buf, needed);
         match timeout(config.idle_timeout, rd.read_buf(&mut buf)).await {
             Err(_) => break CloseReason::IdleTimeout,
@@ -251,6 +254,35 @@ async fn write_frame(
     Ok(())
 }
 
+/// Bytes of frames the writer gathers into one write: as many whole frames
+/// as the reader's block holds, so cells queued together cost one send
+/// (and one wake-up of the peer's reader), not one per 64 cells.
+const WRITE_FRAMES: usize = READ_BLOCK;
+
+/// Seals the cells in `cells` and any more queued now into frames in `buf`
+/// (up to [`WRITE_FRAMES`] bytes), for one write.
+fn gather_frames(
+    key: &SealKey,
+    counter: &mut u64,
+    outgoing: &mut CellRx,
+    cells: &mut Vec<Cell>,
+    buf: &mut Vec<u8>,
+) -> Result<(), LinkError> {
+    buf.clear();
+    loop {
+        let at = frame::append_frame(buf, FRAME_CELLS);
+        for c in cells.drain(..) {
+            buf.extend_from_slice(c.as_bytes());
+        }
+        frame::seal_at(key, *counter, buf, at)?;
+        *counter += 1;
+        if buf.len() + 2 + MAX_FRAME > WRITE_FRAMES || outgoing.try_recv_many(cells, MAX_BATCH) == 0
+        {
+            return Ok(());
+        }
+    }
+}
+
 use frame::start_frame;
 
 async fn writer(
@@ -261,7 +293,7 @@ async fn writer(
     config: LinkConfig,
 ) {
     let mut counter = 0u64;
-    let mut buf = Vec::with_capacity(MAX_FRAME + 2);
+    let mut buf = Vec::with_capacity(WRITE_FRAMES);
     let mut cells = Vec::with_capacity(MAX_BATCH);
     loop {
         let n = match timeout(config.keepalive, outgoing.recv_many(&mut cells, MAX_BATCH)).await {
@@ -278,14 +310,10 @@ async fn writer(
             Ok(n) => n,
         };
         if n > 0 {
-            start_frame(&mut buf, FRAME_CELLS);
-            for c in cells.drain(..) {
-                buf.extend_from_slice(c.as_bytes());
+            if gather_frames(&key, &mut counter, &mut outgoing, &mut cells, &mut buf).is_err() {
+                break;
             }
-            if write_frame(&mut wr, &key, &mut counter, &mut buf)
-                .await
-                .is_err()
-            {
+            if wr.write_all(&buf).await.is_err() {
                 break;
             }
             continue;
