@@ -1,6 +1,7 @@
 //! tcp link frames (`relay_link_tcp::frame`): a byte stream of frames as
 //! the link's reader sees it, built from the input by a sender with the
-//! link key, and read back the way the reader does (length, bounds check,
+//! link key, and read back the way the reader does (arriving in pieces,
+//! split off a receive buffer with `next_frame`: length, bounds check;
 //! open with the frame counter, parse).
 //!
 //! The input is a list of records: a selector byte, a u16 length (at most
@@ -27,7 +28,7 @@ use libfuzzer_sys::fuzz_target;
 use relay_kernel::CELL_LEN;
 use relay_link::transport::{OpenKey, SealKey, TAG_LEN};
 use relay_link_tcp::frame::{
-    check_len, open, seal, start_frame, FrameError, Received, FRAME_CELLS, FRAME_CLOSE,
+    check_len, next_frame, open, seal, start_frame, FrameError, Next, Received, FRAME_CELLS, FRAME_CLOSE,
     FRAME_KEEPALIVE, MAX_FRAME,
 };
 
@@ -94,22 +95,33 @@ fuzz_target!(|data: &[u8]| {
         });
     }
 
-    // The reader: length, bounds, open, parse; stops at an error or close.
+    // The reader: the wire arrives in pieces of varying sizes; frames are
+    // split off the receive buffer (length, bounds), opened and parsed;
+    // stops at an error or close.
     let mut got = Vec::new();
-    let mut rest = &wire[..];
-    let mut n = 0u64;
-    while rest.len() >= 2 {
-        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
-        if let Err(e) = check_len(len) {
-            got.push(Outcome::Err(e));
-            break;
-        }
-        let Some(frame) = rest.get(2..2 + len) else {
-            panic!("a frame of {len} bytes was cut short");
+    let mut rx = BytesMut::new();
+    let (mut at, mut piece, mut n) = (0usize, 0usize, 0u64);
+    'read: loop {
+        let frame = match next_frame(&mut rx) {
+            Ok(Next::Frame(f)) => f,
+            Ok(Next::Need(_)) if at == wire.len() => {
+                assert!(rx.len() < 2, "a frame was cut short");
+                break;
+            }
+            Ok(Next::Need(_)) => {
+                piece = (piece * 7 + 1) % 40_000;
+                let end = (at + 1 + piece).min(wire.len());
+                rx.extend_from_slice(&wire[at..end]);
+                at = end;
+                continue;
+            }
+            Err(e) => {
+                got.push(Outcome::Err(e));
+                break;
+            }
         };
-        rest = &rest[2 + len..];
         let mut cells = VecDeque::new();
-        let r = open(&open_key, n, BytesMut::from(frame), &mut cells);
+        let r = open(&open_key, n, frame, &mut cells);
         n += 1;
         let stop = !matches!(r, Ok(Received::Cells | Received::Keepalive));
         got.push(match r {
@@ -124,7 +136,7 @@ fuzz_target!(|data: &[u8]| {
             Err(e) => Outcome::Err(e),
         });
         if stop {
-            break;
+            break 'read;
         }
     }
     assert!(got.len() <= expected.len());

@@ -61,6 +61,32 @@ pub fn check_len(len: usize) -> Result<usize, FrameError> {
     }
 }
 
+/// What [`next_frame`] found at the start of a receive buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// A whole sealed frame (without its length prefix), split off the
+    /// buffer without copying: it shares the buffer's allocation.
+    Frame(BytesMut),
+    /// The next frame is not all there yet: at least this many more bytes
+    /// are needed.
+    Need(usize),
+}
+
+/// Splits the next frame off `buf`, a byte stream of `length || sealed
+/// frame` records; checks the length (see [`check_len`]).
+pub fn next_frame(buf: &mut BytesMut) -> Result<Next, FrameError> {
+    let [a, b, ..] = buf[..] else {
+        return Ok(Next::Need(2 - buf.len()));
+    };
+    let len = check_len(usize::from(u16::from_be_bytes([a, b])))?;
+    if buf.len() < 2 + len {
+        return Ok(Next::Need(2 + len - buf.len()));
+    }
+    let mut sealed = buf.split_to(2 + len);
+    let _ = sealed.split_to(2);
+    Ok(Next::Frame(sealed))
+}
+
 /// Opens the sealed frame `buf` (what followed the length prefix) as frame
 /// number `counter` and parses it; a cells frame's cells are appended to
 /// `cells` (sharing `buf`'s allocation).
@@ -99,18 +125,34 @@ pub fn open(
 /// payload is appended next, then [`seal`] finishes the frame.
 pub fn start_frame(buf: &mut Vec<u8>, ty: u8) {
     buf.clear();
+    append_frame(buf, ty);
+}
+
+/// Starts a frame of type `ty` after the frames already in `buf` (several
+/// frames then go out in one write); returns where it starts, for
+/// [`seal_at`].
+pub fn append_frame(buf: &mut Vec<u8>, ty: u8) -> usize {
+    let at = buf.len();
     buf.extend_from_slice(&[0, 0, ty]);
+    at
 }
 
 /// Seals `buf[2..]` (frame type and payload) as frame number `counter` and
 /// puts its length in `buf[..2]`: `buf` is then the whole frame.
 pub fn seal(key: &SealKey, counter: u64, buf: &mut Vec<u8>) -> Result<(), LinkError> {
-    if buf.len() < 3 {
+    seal_at(key, counter, buf, 0)
+}
+
+/// Seals the frame that starts at `at` in `buf` (see [`append_frame`]) and
+/// runs to its end, as frame number `counter`.
+pub fn seal_at(key: &SealKey, counter: u64, buf: &mut Vec<u8>, at: usize) -> Result<(), LinkError> {
+    if buf.len() < at.saturating_add(3) {
         return Err(LinkError::BadPacket("frame without a type"));
     }
-    key.seal_from(counter, buf, 2)?;
-    let len = u16::try_from(buf.len() - 2).map_err(|_| LinkError::BadPacket("frame too long"))?;
-    buf[..2].copy_from_slice(&len.to_be_bytes());
+    key.seal_from(counter, buf, at + 2)?;
+    let len =
+        u16::try_from(buf.len() - at - 2).map_err(|_| LinkError::BadPacket("frame too long"))?;
+    buf[at..at + 2].copy_from_slice(&len.to_be_bytes());
     Ok(())
 }
 
@@ -154,6 +196,39 @@ mod tests {
     }
 
     #[test]
+    fn next_frame_waits_for_whole_frames_and_refuses_bad_lengths() {
+        let mut rx = BytesMut::new();
+        assert_eq!(next_frame(&mut rx), Ok(Next::Need(2)));
+        rx.extend_from_slice(&[0]);
+        assert_eq!(next_frame(&mut rx), Ok(Next::Need(1)));
+        rx.extend_from_slice(&[MIN_FRAME as u8, 9]);
+        assert_eq!(next_frame(&mut rx), Ok(Next::Need(MIN_FRAME - 1)));
+        let mut bad = BytesMut::from(&[0u8, 3, 0, 0, 0][..]);
+        assert_eq!(next_frame(&mut bad), Err(FrameError::BadLength(3)));
+    }
+
+    #[test]
+    fn appended_frames_are_the_frames_sealed_one_by_one() {
+        let (seal_key, _) = keys();
+        let (mut joined, mut one, mut wire) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, ty) in [FRAME_CELLS, FRAME_KEEPALIVE, FRAME_CELLS]
+            .into_iter()
+            .enumerate()
+        {
+            let at = append_frame(&mut joined, ty);
+            start_frame(&mut one, ty);
+            for b in [&mut joined, &mut one] {
+                b.extend_from_slice(&[i as u8; CELL_LEN]);
+            }
+            seal_at(&seal_key, i as u64, &mut joined, at).unwrap();
+            seal(&seal_key, i as u64, &mut one).unwrap();
+            wire.extend_from_slice(&one);
+        }
+        assert_eq!(joined, wire);
+        assert!(seal_at(&seal_key, 9, &mut joined.clone(), joined.len() - 2).is_err());
+    }
+
+    #[test]
     fn wrong_counter_or_type_is_refused() {
         let (seal_key, open_key) = keys();
         let mut buf = Vec::new();
@@ -186,6 +261,49 @@ mod tests {
     }
 
     proptest! {
+        /// A stream of frames read in pieces of any sizes splits into the
+        /// same frames, each opening with its counter; the cells share the
+        /// receive buffer's allocation.
+        #[test]
+        fn frames_split_off_a_stream_in_any_pieces(
+            counts in proptest::collection::vec(0..=MAX_BATCH, 1..6),
+            cuts in proptest::collection::vec(1usize..40_000, 1..20),
+        ) {
+            let (seal_key, open_key) = keys();
+            let mut wire = Vec::new();
+            let mut buf = Vec::new();
+            for (i, &n) in counts.iter().enumerate() {
+                start_frame(&mut buf, FRAME_CELLS);
+                for k in 0..n {
+                    let mut c = Cell::new(1 + k as u32, CellCommand::Relay);
+                    c.body_mut().fill(i as u8);
+                    buf.extend_from_slice(c.as_bytes());
+                }
+                seal(&seal_key, i as u64, &mut buf).unwrap();
+                wire.extend_from_slice(&buf);
+            }
+            let mut rx = BytesMut::with_capacity(wire.len());
+            let base = rx.as_ptr() as usize;
+            let (mut at, mut cut, mut counter) = (0, cuts.iter().cycle(), 0u64);
+            let mut got = VecDeque::new();
+            while at < wire.len() {
+                let end = (at + cut.next().unwrap()).min(wire.len());
+                rx.extend_from_slice(&wire[at..end]);
+                at = end;
+                while let Next::Frame(f) = next_frame(&mut rx).unwrap() {
+                    prop_assert_eq!(open(&open_key, counter, f, &mut got), Ok(Received::Cells));
+                    counter += 1;
+                }
+            }
+            prop_assert_eq!(counter as usize, counts.len());
+            prop_assert!(rx.is_empty());
+            prop_assert_eq!(got.len(), counts.iter().sum::<usize>());
+            for c in &got {
+                let p = c.as_bytes().as_ptr() as usize;
+                prop_assert!(p >= base && p < base + wire.len(), "a cell was copied");
+            }
+        }
+
         /// Any batch of cells, sealed as frame `counter`, opens as the same
         /// cells in order; any other counter fails.
         #[test]
