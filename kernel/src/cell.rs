@@ -93,6 +93,14 @@ impl CellCommand {
 #[derive(Debug)]
 pub struct Cell {
     buf: BytesMut,
+    /// The buffer is an allocation of its own, made here for one cell, so a
+    /// [`CellPool`] may keep it. Buffers handed in by links
+    /// ([`Cell::from_bytes`]) are usually views of a larger receive block
+    /// (33 KB for udt and QUIC, 131 KB for tcp) that `BytesMut` cannot tell
+    /// apart from an own allocation (a view's capacity is exactly its
+    /// length): pooling one would keep its whole block alive for as long as
+    /// the pool holds it, up to the pool's 4,096 entries times a block.
+    own_allocation: bool,
 }
 
 impl Cell {
@@ -101,17 +109,23 @@ impl Cell {
     pub fn new(circ_id: u32, command: CellCommand) -> Cell {
         let mut cell = Cell {
             buf: BytesMut::zeroed(CELL_LEN),
+            own_allocation: true,
         };
         cell.set_header(circ_id, command);
         cell
     }
 
-    /// Wraps a received buffer. It must be exactly [`CELL_LEN`] bytes.
+    /// Wraps a received buffer. It must be exactly [`CELL_LEN`] bytes. The
+    /// buffer may share its allocation with others (a link's receive
+    /// block), so a [`CellPool`] will not keep it.
     pub fn from_bytes(buf: BytesMut) -> Result<Cell, CellError> {
         if buf.len() != CELL_LEN {
             return Err(CellError::BadLength(buf.len()));
         }
-        Ok(Cell { buf })
+        Ok(Cell {
+            buf,
+            own_allocation: false,
+        })
     }
 
     /// Copies a cell out of a slice (tests, fuzzing and framing code).
@@ -121,15 +135,18 @@ impl Cell {
         }
         Ok(Cell {
             buf: BytesMut::from(bytes),
+            own_allocation: true,
         })
     }
 
-    /// Reuses a buffer of any length as a cell, resizing it (no allocation
-    /// when it already has the capacity).
-    pub(crate) fn recycle(mut buf: BytesMut) -> Cell {
+    /// Reuses a pooled buffer (always an own allocation) as a cell.
+    fn recycle(mut buf: BytesMut) -> Cell {
         buf.clear();
         buf.resize(CELL_LEN, 0);
-        Cell { buf }
+        Cell {
+            buf,
+            own_allocation: true,
+        }
     }
 
     /// The raw circuit id (zero is invalid but representable on the wire).
@@ -206,20 +223,30 @@ impl CellPool {
     pub fn take(&mut self, circ_id: u32, command: CellCommand) -> Cell {
         let mut cell = match self.free.pop() {
             Some(buf) => Cell::recycle(buf),
-            None => Cell {
-                buf: BytesMut::zeroed(CELL_LEN),
-            },
+            None => Cell::new(circ_id, command),
         };
         cell.set_header(circ_id, command);
         cell
     }
 
-    /// Returns a cell's buffer to the pool (dropped when the pool is full or
-    /// the buffer is shared with other cells of one datagram).
+    /// Returns a cell's buffer to the pool. Dropped instead when the pool is
+    /// full or the buffer may share its allocation (see
+    /// `Cell::own_allocation`): pooled, such a view would pin its link's
+    /// whole receive block.
     pub fn give(&mut self, cell: Cell) {
-        if self.free.len() < self.limit && cell.buf.capacity() >= CELL_LEN {
+        if self.free.len() < self.limit && cell.own_allocation {
             self.free.push(cell.buf);
         }
+    }
+
+    /// Spare buffers held.
+    pub fn len(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Whether no spare buffer is held.
+    pub fn is_empty(&self) -> bool {
+        self.free.is_empty()
     }
 }
 
@@ -264,5 +291,26 @@ mod tests {
         assert_eq!(c2.as_bytes().as_ptr(), ptr);
         assert_eq!(c2.raw_circ_id(), 6);
         assert_eq!(c2.as_bytes().len(), CELL_LEN);
+    }
+
+    #[test]
+    fn pool_refuses_views_of_a_shared_block() {
+        // What a link's receive path makes: cells split off one block.
+        let mut block = BytesMut::zeroed(4 * CELL_LEN);
+        let first = Cell::from_bytes(block.split_to(CELL_LEN)).expect("a cell");
+        let second = Cell::from_bytes(block.split_to(CELL_LEN)).expect("a cell");
+        let block_start = first.as_bytes().as_ptr();
+        let mut pool = CellPool::with_limit(8);
+        pool.give(first);
+        pool.give(second);
+        assert!(pool.is_empty(), "a view of a shared block was pooled");
+        // A cell made by the kernel is kept, and a cell from the pool is
+        // again an own allocation that goes back.
+        pool.give(Cell::new(1, CellCommand::Relay));
+        assert_eq!(pool.len(), 1);
+        let reused = pool.take(2, CellCommand::Relay);
+        assert_ne!(reused.as_bytes().as_ptr(), block_start);
+        pool.give(reused);
+        assert_eq!(pool.len(), 1);
     }
 }
