@@ -8,12 +8,14 @@
 //! CertificateVerify is a signature over the transcript with that key. Each
 //! link kind wires these pieces into its own rustls verifiers.
 
+use std::sync::{Arc, Mutex};
+
 use relay_kernel::NodeId;
-use rustls::client::danger::HandshakeSignatureValid;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::crypto::{verify_tls13_signature, WebPkiSupportedAlgorithms};
-use rustls::pki_types::UnixTime;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::ParsedCertificate;
 use rustls::DistinguishedName;
@@ -104,6 +106,81 @@ pub fn verify_signature(
 /// The error for a peer offering TLS 1.2 (we require 1.3).
 pub fn no_tls12() -> rustls::Error {
     rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered)
+}
+
+/// Where a dial's verifier records the id the peer proved.
+pub type Proved = Arc<Mutex<Option<NodeId>>>;
+
+/// The dialler's check of the listener: its certificate must carry an
+/// Ed25519 key whose hash is the node id we dialled. The id the peer
+/// proved is recorded so that a mismatch can name it (used by the quinn
+/// link and by netsim's QUIC links; s2n-quic's verifier differs, as its
+/// client config is per endpoint).
+#[derive(Debug)]
+pub struct ExpectPeer {
+    expected: NodeId,
+    /// The id the peer proved (set once its signature checks out).
+    pub proved: Proved,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ExpectPeer {
+    pub fn new(expected: NodeId, provider: &CryptoProvider) -> ExpectPeer {
+        ExpectPeer {
+            expected,
+            proved: Arc::default(),
+            algs: provider.signature_verification_algorithms,
+        }
+    }
+}
+
+impl ServerCertVerifier for ExpectPeer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // Only the key matters, and whether it is the one we dialled is
+        // decided once the peer has proved it holds the key (below), so
+        // that a mismatch names an id the peer really has.
+        identity_key(end_entity)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(no_tls12())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let valid = verify_signature(&self.algs, message, cert, dss)?;
+        let got = node_id(cert)?;
+        if let Ok(mut p) = self.proved.lock() {
+            *p = Some(got);
+        }
+        if got != self.expected {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        Ok(valid)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
 }
 
 /// The listener's check of a dialler: any node may connect, but it must

@@ -13,20 +13,20 @@
 //! key, fixed validity), and the wall clock is replaced by [`FixedTime`].
 
 use std::cell::RefCell;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::RngCore;
 use relay_kernel::NodeId;
-use relay_link::tls::{identity_key, no_tls12, node_id, verify_signature, AnyNode, NodeCert};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+pub use relay_link::tls::Proved;
+use relay_link::tls::{node_id, AnyNode, ExpectPeer, NodeCert};
 use rustls::crypto::{
     ActiveKeyExchange, CryptoProvider, GetRandomFailed, SecureRandom, SharedSecret,
-    SupportedKxGroup, WebPkiSupportedAlgorithms,
+    SupportedKxGroup,
 };
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::time_provider::TimeProvider;
-use rustls::{CertificateError, DigitallySignedStruct, NamedGroup, SignatureScheme};
+use rustls::NamedGroup;
 
 use crate::error::SimError;
 
@@ -164,64 +164,6 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(p)
 }
 
-/// Where a dial's verifier records the id the peer proved.
-pub type Proved = Arc<Mutex<Option<NodeId>>>;
-
-/// The dialler's check of the listener (as in the real link): an Ed25519
-/// certificate whose key hashes to the node id dialled.
-#[derive(Debug)]
-struct ExpectPeer {
-    expected: NodeId,
-    proved: Proved,
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for ExpectPeer {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        identity_key(end_entity)?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(no_tls12())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let valid = verify_signature(&self.algs, message, cert, dss)?;
-        let got = node_id(cert)?;
-        if let Ok(mut p) = self.proved.lock() {
-            *p = Some(got);
-        }
-        if got != self.expected {
-            return Err(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            ));
-        }
-        Ok(valid)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
-    }
-}
-
 fn tls_err(what: &str) -> SimError {
     SimError::Link(format!("quic tls: {what}"))
 }
@@ -250,12 +192,8 @@ pub fn client_config(
     cert: &NodeCert,
     expected: NodeId,
 ) -> Result<(rustls::ClientConfig, Proved), SimError> {
-    let proved = Proved::default();
-    let verifier = ExpectPeer {
-        expected,
-        proved: proved.clone(),
-        algs: provider.signature_verification_algorithms,
-    };
+    let verifier = ExpectPeer::new(expected, provider);
+    let proved = verifier.proved.clone();
     let mut tls = rustls::ClientConfig::builder_with_details(provider.clone(), Arc::new(FixedTime))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|_| tls_err("TLS 1.3 unavailable"))?
