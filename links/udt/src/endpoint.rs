@@ -35,6 +35,7 @@ use ring::hmac;
 
 use crate::blocks::Blocks;
 use crate::conn::{Conn, ConnConfig, Ended};
+use crate::min_tree::MinTree;
 use crate::packet::*;
 
 /// Names a connection of an endpoint: the id the peer puts in every
@@ -166,8 +167,8 @@ pub struct Endpoint {
     slots: Vec<Conn>,
     meta: Vec<Meta>,
     ids: Vec<ConnId>,
-    hint: Vec<u64>,
-    deadline: Vec<u64>,
+    hint: MinTree,
+    deadline: MinTree,
     check: Vec<bool>,
     touched: Vec<usize>,
     /// Ask every connection every time (the behaviour before the caches;
@@ -220,8 +221,8 @@ impl Endpoint {
             slots: Vec::new(),
             meta: Vec::new(),
             ids: Vec::new(),
-            hint: Vec::new(),
-            deadline: Vec::new(),
+            hint: MinTree::default(),
+            deadline: MinTree::default(),
             check: Vec::new(),
             touched: Vec::new(),
             naive: false,
@@ -535,9 +536,9 @@ impl Endpoint {
     /// Marks the connection at `pos` as possibly changed: its caches are
     /// refilled by the next `settle`.
     fn touch(&mut self, pos: usize) {
-        self.hint[pos] = 0;
-        if self.deadline[pos] != u64::MAX {
-            self.deadline[pos] = u64::MAX;
+        self.hint.set(pos, 0);
+        if self.deadline.get(pos) != u64::MAX {
+            self.deadline.set(pos, u64::MAX);
             self.touched.push(pos);
         }
     }
@@ -546,7 +547,7 @@ impl Endpoint {
     fn settle(&mut self) {
         for pos in self.touched.drain(..) {
             let c = &self.slots[pos];
-            self.deadline[pos] = c.timeout().nanos();
+            self.deadline.set(pos, c.timeout().nanos());
             self.check[pos] = c.ended().is_some() || c.close_done() || c.needs_handshake_echo();
         }
     }
@@ -601,23 +602,30 @@ impl Endpoint {
             return Some(addr);
         }
         let n = self.slots.len();
-        let t = now.nanos();
         // Round robin from `rr`: the first connection with something to
-        // send. Those whose hint lies ahead would say no (debug builds ask
-        // them anyway and check).
-        for pos in (self.rr..n).chain(0..self.rr.min(n)) {
-            if self.hint[pos] > t && !self.naive {
+        // send. Those whose hint lies ahead would say no, so the hint tree
+        // skips them (debug builds ask them anyway and check).
+        let limit = if self.naive { u64::MAX } else { now.nanos() };
+        for (lo, hi) in [(self.rr, n), (0, self.rr.min(n))] {
+            let mut from = lo;
+            while let Some(pos) = self.hint.first_at_most(from, limit).filter(|&p| p < hi) {
                 #[cfg(debug_assertions)]
-                self.check_skipped(pos, now);
-                continue;
+                for skipped in from..pos {
+                    self.check_skipped(skipped, now);
+                }
+                let c = &mut self.slots[pos];
+                if c.poll_transmit(now, out) {
+                    self.touch(pos);
+                    self.rr = (pos + 1) % n;
+                    return Some(self.meta[pos].addr);
+                }
+                self.hint.set(pos, c.transmit_hint().nanos().max(1));
+                from = pos + 1;
             }
-            let c = &mut self.slots[pos];
-            if c.poll_transmit(now, out) {
-                self.touch(pos);
-                self.rr = (pos + 1) % n;
-                return Some(self.meta[pos].addr);
+            #[cfg(debug_assertions)]
+            for skipped in from..hi {
+                self.check_skipped(skipped, now);
             }
-            self.hint[pos] = c.transmit_hint().nanos().max(1);
         }
         self.settle();
         None
@@ -634,7 +642,7 @@ impl Endpoint {
 
     /// When `handle_timeout` should next run.
     pub fn poll_timeout(&self) -> Option<Time> {
-        let cached = self.deadline.iter().copied().min().map(Time);
+        let cached = (!self.slots.is_empty()).then(|| Time(self.deadline.min()));
         let touched = self.touched.iter().map(|&pos| self.slots[pos].timeout());
         let pending = self.pending.values().map(|p| match p {
             Pending::Dialing { last_sent, .. } => last_sent.plus_nanos(self.config.handshake_retry),
@@ -713,16 +721,16 @@ impl Endpoint {
         // timer is not due and that has nothing to report is left alone
         // (its handle_timeout would do nothing).
         for (_, &pos) in self.conns.iter() {
-            let due = self.deadline[pos] <= t || self.naive;
+            let due = self.deadline.get(pos) <= t || self.naive;
             if !due && !self.check[pos] {
                 continue;
             }
             let c = &mut self.slots[pos];
             if due {
                 c.handle_timeout(now);
-                self.hint[pos] = 0;
-                if self.deadline[pos] != u64::MAX {
-                    self.deadline[pos] = u64::MAX;
+                self.hint.set(pos, 0);
+                if self.deadline.get(pos) != u64::MAX {
+                    self.deadline.set(pos, u64::MAX);
                     self.touched.push(pos);
                 }
             }

@@ -12,6 +12,7 @@ mod blocks;
 pub mod cc;
 pub mod conn;
 pub mod endpoint;
+mod min_tree;
 pub mod packet;
 pub mod pathsim;
 pub mod reorder;
