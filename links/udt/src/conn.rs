@@ -2,7 +2,8 @@
 //! ordering, flow and congestion control, keepalive and close.
 //!
 //! Sender: every datagram gets a fresh packet number; cells wait in a send
-//! queue and, once sent, in the `sent` map until acknowledged. A packet is
+//! queue and, once sent, as copies ([`crate::copies`]) listed by the
+//! `sent` record until acknowledged. A packet is
 //! lost once a packet three numbers later is acknowledged, or once it is
 //! older than 9/8 of the RTT when a later one was acknowledged (thresholds
 //! that grow when a retransmission proves spurious, [`crate::reorder`]);
@@ -31,9 +32,23 @@ use relay_link::Session;
 use crate::blocks::Blocks;
 use crate::cc::rate::RateSampler;
 use crate::cc::{AckSample, Congestion, CongestionKind, Rtt};
+use crate::copies::{CellCopies, Slot};
 use crate::packet::*;
 use crate::reorder::Reordering;
 use crate::sent::{InFlight, Sent};
+
+/// A cell waiting in the send queue.
+enum Queued {
+    /// Not sent yet.
+    Fresh(Cell),
+    /// Sent and declared lost (or probed): its copy, to go again.
+    Resend(Slot),
+}
+
+/// The raw circuit id at the head of a cell's bytes.
+fn circ_id_of(raw: &[u8]) -> u32 {
+    u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]])
+}
 
 /// Tunables for one connection.
 #[derive(Clone, Copy, Debug)]
@@ -171,10 +186,12 @@ pub struct Conn {
     next_pn: u64,
     sent: InFlight,
     /// Emptied `Sent::cells` lists for reuse.
-    spare_cell_lists: Vec<Vec<(u32, Cell)>>,
+    spare_cell_lists: Vec<Vec<(u32, Slot)>>,
+    /// The bytes of every cell in flight or queued for a resend.
+    copies: CellCopies,
     bytes_in_flight: usize,
-    /// (circuit sequence, cell, is a retransmission)
-    queue: VecDeque<(u32, Cell, bool)>,
+    /// (circuit sequence, the cell or its copy)
+    queue: VecDeque<(u32, Queued)>,
     circ_out: crate::FastMap<u32, u32>,
     first_sends: u64,
     peer_max_cells: u64,
@@ -244,6 +261,7 @@ impl Conn {
             next_pn: 0,
             sent: InFlight::default(),
             spare_cell_lists: Vec::new(),
+            copies: CellCopies::default(),
             bytes_in_flight: 0,
             queue: VecDeque::new(),
             circ_out: crate::fast_map(seed),
@@ -288,7 +306,7 @@ impl Conn {
         let seq = self.circ_out.entry(cell.raw_circ_id()).or_insert(0);
         let s = *seq;
         *seq = seq.wrapping_add(1);
-        self.queue.push_back((s, cell, false));
+        self.queue.push_back((s, Queued::Fresh(cell)));
     }
 
     /// Asks for a graceful close once everything queued is acknowledged.
@@ -469,13 +487,17 @@ impl Conn {
             self.reorder.acked(lo, hi);
         }
         let mut emptied = std::mem::take(&mut self.spare_cell_lists);
-        let (rate, in_flight) = (&mut self.rate, &mut self.bytes_in_flight);
+        let (rate, in_flight, copies) =
+            (&mut self.rate, &mut self.bytes_in_flight, &mut self.copies);
         self.sent.acknowledge(ranges, |pn, mut s| {
             *in_flight -= s.bytes;
             acked_bytes += s.bytes;
             rate.on_packet_acked(now, s.bytes, &s.tx);
             if pn == largest {
                 largest_newly = Some(s.time);
+            }
+            for &(_, slot) in &s.cells {
+                copies.release(slot);
             }
             s.cells.clear();
             if emptied.len() < SPARE_LISTS && s.cells.capacity() > 0 {
@@ -550,7 +572,7 @@ impl Conn {
 
     /// Keeps an emptied per-packet cell list for the next packet (bounded),
     /// so steady sending allocates none.
-    fn recycle_cell_list(&mut self, list: Vec<(u32, Cell)>) {
+    fn recycle_cell_list(&mut self, list: Vec<(u32, Slot)>) {
         if self.spare_cell_lists.len() < SPARE_LISTS && list.capacity() > 0 {
             self.spare_cell_lists.push(list);
         }
@@ -566,8 +588,8 @@ impl Conn {
                 lost_bytes += s.bytes;
                 newest_sent = Some(newest_sent.map_or(s.time, |t: Time| t.max(s.time)));
                 self.retransmitted_cells += s.cells.len() as u64;
-                for (seq, c) in s.cells.into_iter().rev() {
-                    self.queue.push_front((seq, c, true));
+                for (seq, slot) in s.cells.into_iter().rev() {
+                    self.queue.push_front((seq, Queued::Resend(slot)));
                 }
             }
         }
@@ -589,8 +611,8 @@ impl Conn {
         // Pacing needs a timer only when it alone holds data back: with the
         // window or the peer's cell window full, an ACK restarts sending.
         let window_open = self.bytes_in_flight + self.config.max_datagram <= self.cc.window();
-        let flow_open = self.queue.front().is_some_and(|(_, _, retransmit)| {
-            *retransmit || self.first_sends < self.peer_max_cells
+        let flow_open = self.queue.front().is_some_and(|(_, queued)| {
+            matches!(queued, Queued::Resend(_)) || self.first_sends < self.peer_max_cells
         });
         if window_open && flow_open && self.pacing_next > self.last_send {
             t = t.min(self.pacing_next);
@@ -609,8 +631,8 @@ impl Conn {
             t = t.min(d);
         }
         let window_open = self.bytes_in_flight + self.config.max_datagram <= self.cc.window();
-        let flow_open = self.queue.front().is_some_and(|(_, _, retransmit)| {
-            *retransmit || self.first_sends < self.peer_max_cells
+        let flow_open = self.queue.front().is_some_and(|(_, queued)| {
+            matches!(queued, Queued::Resend(_)) || self.first_sends < self.peer_max_cells
         });
         if window_open && flow_open {
             t = t.min(self.pacing_next);
@@ -631,6 +653,7 @@ impl Conn {
 
     /// Runs timers.
     pub fn handle_timeout(&mut self, now: Time) {
+        self.copies.trim();
         if now.since(self.last_recv) >= self.config.idle_timeout && self.ended.is_none() {
             self.ended = Some(Ended::IdleTimeout);
             return;
@@ -645,8 +668,8 @@ impl Conn {
                     self.bytes_in_flight -= s.bytes;
                     newest_sent = Some(s.time);
                     self.retransmitted_cells += s.cells.len() as u64;
-                    for (seq, c) in s.cells.into_iter().rev() {
-                        self.queue.push_front((seq, c, true));
+                    for (seq, slot) in s.cells.into_iter().rev() {
+                        self.queue.push_front((seq, Queued::Resend(slot)));
                     }
                 }
             }
@@ -676,24 +699,33 @@ impl Conn {
         let window_open = self.bytes_in_flight + self.config.max_datagram <= self.cc.window();
         if paced && window_open && self.ended.is_none() {
             while out.len() + CELL_FRAME_LEN + 16 * 2 + 14 <= limit {
-                let Some((_, _, retransmit)) = self.queue.front() else {
+                let Some((_, queued)) = self.queue.front() else {
                     break;
                 };
-                let first_send = !*retransmit;
+                let first_send = matches!(queued, Queued::Fresh(_));
                 if first_send && self.first_sends >= self.peer_max_cells {
                     break;
                 }
-                let Some((seq, cell, _)) = self.queue.pop_front() else {
+                let Some((seq, queued)) = self.queue.pop_front() else {
                     break;
                 };
                 out.push(FRAME_CELL);
                 out.extend_from_slice(&seq.to_be_bytes());
-                out.extend_from_slice(cell.as_bytes());
-                if first_send {
-                    self.first_sends += 1;
-                    self.first_sent_since += 1;
-                }
-                cells.push((seq, cell));
+                let slot = match queued {
+                    Queued::Fresh(cell) => {
+                        out.extend_from_slice(cell.as_bytes());
+                        self.first_sends += 1;
+                        self.first_sent_since += 1;
+                        // The cell itself is freed here, not a round
+                        // trip later (see `crate::copies`).
+                        self.copies.put(cell.as_bytes())
+                    }
+                    Queued::Resend(slot) => {
+                        out.extend_from_slice(self.copies.get(slot));
+                        slot
+                    }
+                };
+                cells.push((seq, slot));
             }
         }
         eliciting |= !cells.is_empty();
@@ -754,6 +786,10 @@ impl Conn {
         let pn = self.next_pn;
         self.next_pn += 1;
         if self.seal.seal_after_header(pn, out, DATA_HEADER).is_err() {
+            // The key is exhausted: the connection cannot send again.
+            for (_, slot) in cells {
+                self.copies.release(slot);
+            }
             return false;
         }
         // Every 16th data packet opens a pair when the controller asks.
@@ -792,8 +828,8 @@ impl Conn {
     /// delivery-rate samples show what it was given, not what the path
     /// carries.
     fn note_app_limited(&mut self) {
-        let can_send = self.queue.front().is_some_and(|(_, _, retransmit)| {
-            *retransmit || self.first_sends < self.peer_max_cells
+        let can_send = self.queue.front().is_some_and(|(_, queued)| {
+            matches!(queued, Queued::Resend(_)) || self.first_sends < self.peer_max_cells
         });
         if !can_send && self.bytes_in_flight + self.config.max_datagram <= self.cc.window() {
             self.rate.on_app_limited(self.bytes_in_flight);
@@ -828,10 +864,11 @@ impl Conn {
     /// unacknowledged (lets a simulator attribute a lost datagram to the
     /// circuits whose cells it carried).
     pub fn packet_circuits(&self, pn: u64) -> impl Iterator<Item = u32> + '_ {
-        self.sent
-            .get(pn)
-            .into_iter()
-            .flat_map(|s| s.cells.iter().map(|(_, c)| c.raw_circ_id()))
+        self.sent.get(pn).into_iter().flat_map(|s| {
+            s.cells
+                .iter()
+                .map(|&(_, slot)| circ_id_of(self.copies.get(slot)))
+        })
     }
 
     /// Whether everything sent was acknowledged and nothing waits.

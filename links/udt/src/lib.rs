@@ -11,6 +11,7 @@
 mod blocks;
 pub mod cc;
 pub mod conn;
+mod copies;
 pub mod endpoint;
 mod min_tree;
 pub mod packet;

@@ -17,7 +17,9 @@
 
 use std::collections::VecDeque;
 
-use relay_kernel::{Cell, Time};
+use relay_kernel::Time;
+
+use crate::copies::Slot;
 
 use crate::cc::rate::TxState;
 
@@ -30,8 +32,9 @@ pub struct Sent {
     pub time: Time,
     /// Its size on the wire.
     pub bytes: usize,
-    /// The cells it carries, with their circuit sequence numbers.
-    pub cells: Vec<(u32, Cell)>,
+    /// The cells it carries: their circuit sequence numbers and the slots
+    /// of their copies.
+    pub cells: Vec<(u32, Slot)>,
     /// The delivery state when it left.
     pub tx: TxState,
 }
