@@ -45,11 +45,6 @@ enum Queued {
     Resend(Slot),
 }
 
-/// The raw circuit id at the head of a cell's bytes.
-fn circ_id_of(raw: &[u8]) -> u32 {
-    u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]])
-}
-
 /// Tunables for one connection.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnConfig {
@@ -611,9 +606,7 @@ impl Conn {
         // Pacing needs a timer only when it alone holds data back: with the
         // window or the peer's cell window full, an ACK restarts sending.
         let window_open = self.bytes_in_flight + self.config.max_datagram <= self.cc.window();
-        let flow_open = self.queue.front().is_some_and(|(_, queued)| {
-            matches!(queued, Queued::Resend(_)) || self.first_sends < self.peer_max_cells
-        });
+        let flow_open = self.front_may_go();
         if window_open && flow_open && self.pacing_next > self.last_send {
             t = t.min(self.pacing_next);
         }
@@ -631,9 +624,7 @@ impl Conn {
             t = t.min(d);
         }
         let window_open = self.bytes_in_flight + self.config.max_datagram <= self.cc.window();
-        let flow_open = self.queue.front().is_some_and(|(_, queued)| {
-            matches!(queued, Queued::Resend(_)) || self.first_sends < self.peer_max_cells
-        });
+        let flow_open = self.front_may_go();
         if window_open && flow_open {
             t = t.min(self.pacing_next);
             if let Some((_, at)) = self.pair_first {
@@ -644,6 +635,15 @@ impl Conn {
             t = t.min(self.last_send.plus_nanos(self.rtt.pto()));
         }
         t
+    }
+
+    /// Whether the cell at the head of the queue may leave as far as flow
+    /// control goes: a resend always, a first send within the peer's cell
+    /// window.
+    fn front_may_go(&self) -> bool {
+        self.queue.front().is_some_and(|(_, queued)| {
+            matches!(queued, Queued::Resend(_)) || self.first_sends < self.peer_max_cells
+        })
     }
 
     fn pto_deadline(&self) -> Time {
@@ -828,9 +828,7 @@ impl Conn {
     /// delivery-rate samples show what it was given, not what the path
     /// carries.
     fn note_app_limited(&mut self) {
-        let can_send = self.queue.front().is_some_and(|(_, queued)| {
-            matches!(queued, Queued::Resend(_)) || self.first_sends < self.peer_max_cells
-        });
+        let can_send = self.front_may_go();
         if !can_send && self.bytes_in_flight + self.config.max_datagram <= self.cc.window() {
             self.rate.on_app_limited(self.bytes_in_flight);
         }
@@ -867,7 +865,7 @@ impl Conn {
         self.sent.get(pn).into_iter().flat_map(|s| {
             s.cells
                 .iter()
-                .map(|&(_, slot)| circ_id_of(self.copies.get(slot)))
+                .map(|&(_, slot)| u32_at(self.copies.get(slot))) // the raw circuit id
         })
     }
 

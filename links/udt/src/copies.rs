@@ -64,7 +64,7 @@ impl CellCopies {
         &self.chunks[chunk][at..at + CELL_LEN]
     }
 
-    /// Frees `slot` (acknowledged, or dropped with its connection).
+    /// Frees `slot` (its packet was acknowledged, or could not be sealed).
     pub fn release(&mut self, slot: Slot) {
         debug_assert!(slot < self.fresh && self.used > 0);
         self.used -= 1;

@@ -183,7 +183,8 @@ fn take<'a>(buf: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
     Some(a)
 }
 
-fn u32_at(b: &[u8]) -> u32 {
+/// The big-endian `u32` at the head of `b` (at least 4 bytes).
+pub(crate) fn u32_at(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
