@@ -171,6 +171,8 @@ pub struct Endpoint {
     deadline: MinTree,
     check: Vec<bool>,
     touched: Vec<usize>,
+    /// Scratch: the connections `handle_timeout` visits.
+    visit: Vec<usize>,
     /// Ask every connection every time (the behaviour before the caches;
     /// tests compare the two).
     naive: bool,
@@ -187,6 +189,8 @@ pub struct Endpoint {
     seed: u64,
     /// Datagrams dropped as malformed or unauthenticated.
     pub dropped: u64,
+    /// Cells retransmitted by connections since removed.
+    retransmitted_closed: u64,
 }
 
 const COOKIE_LEN: usize = 16;
@@ -225,6 +229,7 @@ impl Endpoint {
             deadline: MinTree::default(),
             check: Vec::new(),
             touched: Vec::new(),
+            visit: Vec::new(),
             naive: false,
             rr: 0,
             events: VecDeque::new(),
@@ -235,6 +240,7 @@ impl Endpoint {
             cids_drawn: 0,
             seed,
             dropped: 0,
+            retransmitted_closed: 0,
         }
     }
 
@@ -717,14 +723,45 @@ impl Endpoint {
         self.settle();
         let t = now.nanos();
         let mut ended = Vec::new();
-        // In the map's order, as before the caches; a connection whose
-        // timer is not due and that has nothing to report is left alone
-        // (its handle_timeout would do nothing).
-        for (_, &pos) in self.conns.iter() {
-            let due = self.deadline.get(pos) <= t || self.naive;
-            if !due && !self.check[pos] {
-                continue;
+        // A connection whose timer is not due and that has nothing to
+        // report is left alone (its handle_timeout would do nothing). The
+        // rest are found from the deadline tree and the check flags, and
+        // visited in the map's order, as before the caches, when there are
+        // several (their echoes and ends are reported in that order).
+        // Visiting one does not change whether another is due.
+        let mut visit = std::mem::take(&mut self.visit);
+        visit.clear();
+        if self.naive {
+            visit.extend(0..self.slots.len());
+        } else {
+            let mut from = 0;
+            while let Some(pos) = self.deadline.first_at_most(from, t) {
+                visit.push(pos);
+                from = pos + 1;
             }
+            let due = visit.len();
+            visit.extend(
+                self.check
+                    .iter()
+                    .enumerate()
+                    .filter(|&(pos, &check)| check && self.deadline.get(pos) > t)
+                    .map(|(pos, _)| pos),
+            );
+            if visit.len() > due {
+                visit.sort_unstable();
+            }
+        }
+        if visit.len() > 1 {
+            let chosen = std::mem::take(&mut visit);
+            visit.extend(
+                self.conns
+                    .values()
+                    .copied()
+                    .filter(|pos| chosen.binary_search(pos).is_ok()),
+            );
+        }
+        for &pos in &visit {
+            let due = self.deadline.get(pos) <= t || self.naive;
             let c = &mut self.slots[pos];
             if due {
                 c.handle_timeout(now);
@@ -748,6 +785,7 @@ impl Endpoint {
                 ended.push((self.meta[pos].id, Ended::Local));
             }
         }
+        self.visit = visit;
         for (id, reason) in ended {
             self.remove(id, reason);
         }
@@ -759,7 +797,8 @@ impl Endpoint {
         let Some(pos) = self.conns.remove(&id.0) else {
             return;
         };
-        self.slots.remove(pos);
+        let conn = self.slots.remove(pos);
+        self.retransmitted_closed += conn.retransmitted_cells;
         let meta = self.meta.remove(pos);
         self.ids.remove(pos);
         self.hint.remove(pos);
@@ -783,6 +822,17 @@ impl Endpoint {
             addr: meta.addr,
             reason,
         });
+    }
+
+    /// Cells put back for resending over the endpoint's life, by every
+    /// connection it has had.
+    pub fn retransmitted_cells(&self) -> u64 {
+        self.retransmitted_closed
+            + self
+                .slots
+                .iter()
+                .map(|c| c.retransmitted_cells)
+                .sum::<u64>()
     }
 
     /// Number of handshakes in progress.

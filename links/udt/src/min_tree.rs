@@ -35,10 +35,24 @@ impl MinTree {
     pub fn set(&mut self, i: usize, v: u64) {
         debug_assert!(i < self.len);
         let mut k = self.cap() + i;
-        if self.nodes[k] == v {
+        let old = self.nodes[k];
+        if old == v {
             return;
         }
         self.nodes[k] = v;
+        if v < old {
+            // Lowered (the endpoint's `touch` sets hints to 0): an ancestor
+            // takes the new value exactly when its minimum is above it, and
+            // the siblings need not be read.
+            while k > 1 {
+                k /= 2;
+                if self.nodes[k] <= v {
+                    break;
+                }
+                self.nodes[k] = v;
+            }
+            return;
+        }
         while k > 1 {
             k /= 2;
             let m = self.nodes[2 * k].min(self.nodes[2 * k + 1]);

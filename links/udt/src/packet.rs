@@ -43,6 +43,15 @@ pub const CID_LEN: usize = 8;
 /// DATA header: type, the receiver's connection id, packet number.
 pub const DATA_HEADER: usize = 1 + CID_LEN + 8;
 
+/// The receiver's connection id in a DATA datagram (None for anything else).
+pub fn data_packet_cid(datagram: &[u8]) -> Option<u64> {
+    if datagram.first() != Some(&DATA) {
+        return None;
+    }
+    let cid: [u8; CID_LEN] = datagram.get(1..1 + CID_LEN)?.try_into().ok()?;
+    Some(u64::from_be_bytes(cid))
+}
+
 /// The packet number of a DATA datagram (None for anything else).
 pub fn data_packet_number(datagram: &[u8]) -> Option<u64> {
     if datagram.first() != Some(&DATA) {
