@@ -71,11 +71,13 @@ pub struct Host {
     dialing: BTreeMap<SocketAddr, NodeId>,
     /// The earliest wake-up event pending for this host.
     pub timer: Option<Time>,
-    /// Cells retransmitted by the link core (all incarnations).
-    pub retransmitted: u64,
-    retx_seen: BTreeMap<ConnKey, u64>,
+    /// Cells retransmitted by the link cores of earlier incarnations.
+    retransmitted_before: u64,
     /// Relay cells forwarded by earlier incarnations.
     pub relayed_before: u64,
+    /// The connection the last datagram received was for, when the link
+    /// core can tell (see [`LinkCore::input_conn`]).
+    input: Option<ConnKey>,
     /// Reused buffers (no allocation per call).
     fresh: VecDeque<(SocketAddr, ConnKey)>,
     links_scratch: Vec<LinkId>,
@@ -122,9 +124,9 @@ impl Host {
             blocked: BTreeSet::new(),
             dialing: BTreeMap::new(),
             timer: None,
-            retransmitted: 0,
-            retx_seen: BTreeMap::new(),
+            retransmitted_before: 0,
             relayed_before: 0,
+            input: None,
             fresh: VecDeque::new(),
             links_scratch: Vec::new(),
         }
@@ -134,13 +136,13 @@ impl Host {
     /// keys are the caller's choice).
     pub fn restart(&mut self, node: Node, core: Box<dyn LinkCore>) {
         self.relayed_before += self.node.stats().cells_relayed;
+        self.retransmitted_before += self.core.retransmitted_total();
         self.node = node;
         self.core = core;
         self.links.clear();
         self.conn_of.clear();
         self.blocked.clear();
         self.dialing.clear();
-        self.retx_seen.clear();
         self.incarnation += 1;
         self.up = true;
         self.timer = None;
@@ -149,6 +151,11 @@ impl Host {
     /// Relay cells forwarded over the host's life.
     pub fn cells_relayed(&self) -> u64 {
         self.relayed_before + self.node.stats().cells_relayed
+    }
+
+    /// Cells retransmitted by the link core over the host's life.
+    pub fn retransmitted(&self) -> u64 {
+        self.retransmitted_before + self.core.retransmitted_total()
     }
 
     /// The kernel link to `peer`, if one is up.
@@ -173,6 +180,7 @@ impl Host {
     /// A datagram arrived from `from`.
     pub fn receive(&mut self, now: Time, from: SocketAddr, data: &mut [u8]) {
         self.core.handle_datagram(now, from, data);
+        self.input = self.core.input_conn(data);
     }
 
     /// Runs due timers.
@@ -198,8 +206,10 @@ impl Host {
     ) {
         let mut fresh = std::mem::take(&mut self.fresh);
         fresh.clear();
-        if let Some(from) = from {
-            fresh.extend(self.links.range(conns_of(from)).map(|(k, _)| *k));
+        match (from, self.input.take()) {
+            (Some(from), Some(conn)) => fresh.push_back((from, conn)),
+            (Some(from), None) => fresh.extend(self.links.range(conns_of(from)).map(|(k, _)| *k)),
+            (None, _) => {}
         }
         loop {
             let mut progress = false;
@@ -231,7 +241,6 @@ impl Host {
                         }
                     }
                     CoreEvent::Closed { conn, addr } => {
-                        self.retx_seen.remove(&conn);
                         if let Some(link) = self.links.remove(&(addr, conn)) {
                             self.conn_of.remove(&link);
                             self.blocked.remove(&link);
@@ -333,12 +342,6 @@ impl Host {
                 let mut circuits = Vec::new();
                 if probes.index(self.addr, to).is_some() {
                     self.core.datagram_circuits(&to, &buf, &mut circuits);
-                }
-                for (&(_, conn), _) in self.links.range(conns_of(to)) {
-                    let total = self.core.retransmitted(conn);
-                    let seen = self.retx_seen.entry(conn).or_insert(0);
-                    self.retransmitted += total.saturating_sub(*seen);
-                    *seen = total;
                 }
                 out.push(Datagram {
                     to,

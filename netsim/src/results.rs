@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::host::Host;
 use crate::link::Bottleneck;
 use crate::sim::Sim;
 use crate::stats::{percentiles, DelaySummary, Histogram, Percentiles};
@@ -298,7 +299,7 @@ impl Results {
         let mut links = LinkCounters {
             kind: sim.scenario.link.clone(),
             datagrams: sim.datagrams,
-            retransmitted_cells: sim.hosts.iter().map(|h| h.retransmitted).sum(),
+            retransmitted_cells: sim.hosts.iter().map(Host::retransmitted).sum(),
             lost_random: 0,
             lost_queue: net
                 .up

@@ -161,6 +161,8 @@ pub struct SmolTcpCore {
     listener: SocketHandle,
     key: StaticKey,
     conns: BTreeMap<u64, Conn>,
+    /// Cells retransmitted by connections since forgotten.
+    retransmitted_closed: u64,
     next_conn: u64,
     /// The connection each end dialled last, per peer address.
     by_addr: BTreeMap<(SocketAddr, bool), u64>,
@@ -258,6 +260,7 @@ impl SmolTcpCore {
             listener,
             key,
             conns: BTreeMap::new(),
+            retransmitted_closed: 0,
             next_conn: 0,
             by_addr: BTreeMap::new(),
             dialing: BTreeMap::new(),
@@ -496,6 +499,7 @@ impl SmolTcpCore {
         let Some(c) = self.conns.remove(&id) else {
             return;
         };
+        self.retransmitted_closed += c.retransmitted;
         self.sockets.remove(c.handle);
         if c.current {
             if self.by_addr.get(&(c.addr, c.initiator)) == Some(&id) {
@@ -783,8 +787,8 @@ impl LinkCore for SmolTcpCore {
         self.conns.get_mut(&conn.0)?.ready.pop_front()
     }
 
-    fn retransmitted(&mut self, conn: ConnKey) -> u64 {
-        self.conns.get(&conn.0).map_or(0, |c| c.retransmitted)
+    fn retransmitted_total(&self) -> u64 {
+        self.retransmitted_closed + self.conns.values().map(|c| c.retransmitted).sum::<u64>()
     }
 
     fn datagram_circuits(&mut self, _to: &SocketAddr, datagram: &[u8], out: &mut Vec<u32>) {

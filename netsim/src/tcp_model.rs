@@ -267,6 +267,8 @@ pub struct TcpCore {
     id: NodeId,
     mss: usize,
     conns: BTreeMap<SocketAddr, Conn>,
+    /// Cells retransmitted by connections since forgotten.
+    retransmitted_closed: u64,
     /// The address of each connection (the model keeps one per address).
     keys: BTreeMap<ConnKey, SocketAddr>,
     next_key: u64,
@@ -287,6 +289,7 @@ impl TcpCore {
             id,
             mss: max_datagram.saturating_sub(HEADER + TAG).max(CELL_LEN),
             conns: BTreeMap::new(),
+            retransmitted_closed: 0,
             keys: BTreeMap::new(),
             next_key: 0,
             order: Vec::new(),
@@ -325,7 +328,8 @@ impl TcpCore {
     }
 
     fn remove(&mut self, addr: SocketAddr) {
-        if self.conns.remove(&addr).is_some() {
+        if let Some(c) = self.conns.remove(&addr) {
+            self.retransmitted_closed += c.retransmitted;
             self.order.retain(|a| *a != addr);
             self.rr = 0;
             if let Some(conn) = self.key_of(&addr) {
@@ -573,8 +577,8 @@ impl LinkCore for TcpCore {
         self.conn(conn)?.ready.pop_front()
     }
 
-    fn retransmitted(&mut self, conn: ConnKey) -> u64 {
-        self.conn(conn).map_or(0, |c| c.retransmitted)
+    fn retransmitted_total(&self) -> u64 {
+        self.retransmitted_closed + self.conns.values().map(|c| c.retransmitted).sum::<u64>()
     }
 
     fn datagram_circuits(&mut self, to: &SocketAddr, datagram: &[u8], out: &mut Vec<u32>) {

@@ -14,7 +14,7 @@ use relay_link::{Identity, StaticKey};
 use relay_link_udt::cc::CongestionKind;
 use relay_link_udt::conn::ConnConfig;
 use relay_link_udt::endpoint::{ConnId, Endpoint, EndpointConfig, EndpointEvent};
-use relay_link_udt::packet::data_packet_number;
+use relay_link_udt::packet::{data_packet_cid, data_packet_number};
 
 use crate::error::SimError;
 
@@ -61,6 +61,12 @@ pub trait LinkCore {
     fn connect(&mut self, now: Time, addr: SocketAddr, expected: NodeId) -> bool;
     /// A datagram arrived.
     fn handle_datagram(&mut self, now: Time, from: SocketAddr, data: &mut [u8]);
+    /// The connection a datagram just handled was addressed to, when the
+    /// datagram's header says: only that connection can have new cells.
+    /// None (the default): any connection to the sender may.
+    fn input_conn(&self, _datagram: &[u8]) -> Option<ConnKey> {
+        None
+    }
     /// The next datagram to send, if any.
     fn poll_transmit(&mut self, now: Time, out: &mut Vec<u8>) -> Option<SocketAddr>;
     /// When `handle_timeout` should run next.
@@ -75,8 +81,9 @@ pub trait LinkCore {
     fn queue_cell(&mut self, conn: ConnKey, cell: Cell) -> Result<(), Cell>;
     /// A cell received on `conn`, in the order the link delivers.
     fn pop_ready(&mut self, conn: ConnKey) -> Option<Cell>;
-    /// Cells retransmitted on `conn` so far.
-    fn retransmitted(&mut self, conn: ConnKey) -> u64;
+    /// Cells retransmitted over the core's life, on every connection it
+    /// has had (read for results, not per datagram).
+    fn retransmitted_total(&self) -> u64;
     /// Circuit ids of the cells in a datagram just sent to `to`.
     fn datagram_circuits(&mut self, to: &SocketAddr, datagram: &[u8], out: &mut Vec<u32>);
     /// Whether the core's datagrams are whole IPv4 packets (the network
@@ -141,6 +148,12 @@ impl LinkCore for UdtCore {
         self.ep.handle_datagram(now, from, data);
     }
 
+    fn input_conn(&self, datagram: &[u8]) -> Option<ConnKey> {
+        // A DATA header names the receiver's connection id in the clear
+        // (it is the AEAD's associated data, not encrypted).
+        data_packet_cid(datagram).map(ConnKey)
+    }
+
     fn poll_transmit(&mut self, now: Time, out: &mut Vec<u8>) -> Option<SocketAddr> {
         self.ep.poll_transmit(now, out)
     }
@@ -194,10 +207,8 @@ impl LinkCore for UdtCore {
         self.ep.conn_by_id(ConnId(conn.0))?.pop_ready()
     }
 
-    fn retransmitted(&mut self, conn: ConnKey) -> u64 {
-        self.ep
-            .conn_by_id_ref(ConnId(conn.0))
-            .map_or(0, |c| c.retransmitted_cells)
+    fn retransmitted_total(&self) -> u64 {
+        self.ep.retransmitted_cells()
     }
 
     fn datagram_circuits(&mut self, to: &SocketAddr, datagram: &[u8], out: &mut Vec<u32>) {

@@ -127,6 +127,8 @@ pub struct QuicCore {
     cert: NodeCert,
     transport: Arc<TransportConfig>,
     conns: BTreeMap<usize, Conn>,
+    /// Cells retransmitted by connections since forgotten.
+    retransmitted_closed: u64,
     /// The connection each end dialled last, per peer address.
     by_addr: BTreeMap<(SocketAddr, bool), usize>,
     /// Dials not yet connected, per address.
@@ -137,6 +139,12 @@ pub struct QuicCore {
     rr: usize,
     deadline: Option<Time>,
     scratch: Vec<u8>,
+}
+
+/// quinn-proto counts lost bytes, not resent cells: the lost bytes in
+/// cells (what had to be sent again).
+fn lost_cells(c: &Conn) -> u64 {
+    c.conn.stats().path.lost_bytes / CELL_LEN as u64
 }
 
 fn instant(t: Time) -> Instant {
@@ -207,6 +215,7 @@ impl QuicCore {
             cert,
             transport,
             conns: BTreeMap::new(),
+            retransmitted_closed: 0,
             by_addr: BTreeMap::new(),
             dialing: BTreeMap::new(),
             rng: Some(rng),
@@ -285,7 +294,9 @@ impl QuicCore {
             }
             c.deadline = c.conn.poll_timeout().map(virtual_time);
             if c.conn.is_drained() {
-                self.conns.remove(&h);
+                if let Some(c) = self.conns.remove(&h) {
+                    self.retransmitted_closed += lost_cells(&c);
+                }
             }
         }
     }
@@ -669,11 +680,8 @@ impl LinkCore for QuicCore {
         self.current(conn)?.ready.pop_front()
     }
 
-    fn retransmitted(&mut self, conn: ConnKey) -> u64 {
-        // quinn-proto counts lost bytes, not resent cells: report the lost
-        // stream bytes in cells (what had to be sent again).
-        self.current(conn)
-            .map_or(0, |c| c.conn.stats().path.lost_bytes / CELL_LEN as u64)
+    fn retransmitted_total(&self) -> u64 {
+        self.retransmitted_closed + self.conns.values().map(lost_cells).sum::<u64>()
     }
 
     fn datagram_circuits(&mut self, _to: &SocketAddr, _datagram: &[u8], _out: &mut Vec<u32>) {
