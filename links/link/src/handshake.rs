@@ -6,7 +6,8 @@
 //! initiator checks the responder's id against the one it dialled before it
 //! reveals its own. The result is a pair of AES-256-GCM keys, one per
 //! direction, used by each link kind's own framing (explicit nonces for
-//! datagram links, so loss and reordering are fine).
+//! datagram links, so loss and reordering are fine). X25519 is the
+//! kernel's backend, not snow's (see `noise_dh`).
 
 use relay_kernel::NodeId;
 
@@ -31,7 +32,7 @@ impl StaticKey {
         let params = NOISE
             .parse()
             .map_err(|_| LinkError::Handshake("noise params"))?;
-        let kp = snow::Builder::new(params)
+        let kp = snow::Builder::with_resolver(params, crate::noise_dh::resolver())
             .generate_keypair()
             .map_err(|_| LinkError::Handshake("keygen"))?;
         Ok(StaticKey {
@@ -50,7 +51,7 @@ impl StaticKey {
         let params = NOISE
             .parse()
             .map_err(|_| LinkError::Handshake("noise params"))?;
-        snow::Builder::new(params)
+        snow::Builder::with_resolver(params, crate::noise_dh::resolver())
             .local_private_key(&self.private)
             .map_err(|_| LinkError::Handshake("noise key"))
     }

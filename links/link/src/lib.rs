@@ -14,6 +14,7 @@ pub mod error;
 pub mod handshake;
 pub mod identity;
 pub mod link;
+pub mod noise_dh;
 pub mod queue;
 pub mod ready;
 #[cfg(feature = "tls")]
