@@ -231,7 +231,6 @@ pub struct Traffic {
     /// Bin width (ns).
     pub bin: u64,
     buf: Vec<u8>,
-    scratch: Vec<u8>,
 }
 
 /// Timers to schedule, with their times.
@@ -266,7 +265,6 @@ impl Traffic {
             goodput_bins: Vec::new(),
             bin: bin.max(1),
             buf: vec![0u8; 64 * 1024],
-            scratch: Vec::new(),
         };
         let mut sched = Vec::new();
         for (spec_i, hosts) in clients.iter().enumerate() {
@@ -747,7 +745,7 @@ impl Traffic {
             };
             t.first_byte.get_or_insert(now);
             let fits = t.received + n as u64 <= t.size;
-            let good = fits && payload::check(t.id, t.received, &self.buf[..n], &mut self.scratch);
+            let good = fits && payload::check(t.id, t.received, &self.buf[..n]);
             t.received += n as u64;
             if !good {
                 self.fail(now, index, "CORRUPT", h, sched);
@@ -881,13 +879,7 @@ impl Traffic {
                 t.first_byte.get_or_insert(now);
             }
             let fits = o.received + n as u64 <= o.size;
-            let good = fits
-                && payload::check(
-                    object_id(id, k),
-                    o.received,
-                    &self.buf[..n],
-                    &mut self.scratch,
-                );
+            let good = fits && payload::check(object_id(id, k), o.received, &self.buf[..n]);
             o.received += n as u64;
             t.received += n as u64;
             if !good {
@@ -1069,7 +1061,11 @@ impl Traffic {
                 continue;
             };
             while sv.sent < sv.size {
-                let n = (sv.size - sv.sent).min(self.buf.len() as u64) as usize;
+                // Only what the stream can take, and one byte more when the
+                // rest does not fit: a short write is how the node learns
+                // that we want to be told when there is room again.
+                let room = h.node.stream_send_room(s).saturating_add(1);
+                let n = (sv.size - sv.sent).min(self.buf.len().min(room) as u64) as usize;
                 payload::fill(sv.id, sv.sent, &mut self.buf[..n]);
                 match h.node.stream_write(now, s, &self.buf[..n]) {
                     Ok(w) => {

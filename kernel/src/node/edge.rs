@@ -679,6 +679,18 @@ impl Node {
         }
     }
 
+    /// Bytes [`Node::stream_write`] would take now (0 for a stream that
+    /// is gone or not writable), so a writer need not produce more.
+    pub fn stream_send_room(&self, s: StreamRef) -> usize {
+        let limit = self.config.streams.send_buffer;
+        self.circuits
+            .get(s.circuit)
+            .and_then(|c| c.edge.as_ref())
+            .and_then(|e| e.streams.get(&s.id))
+            .filter(|st| !st.finishing && st.kind != StreamKind::Udp && !st.resolve_only)
+            .map_or(0, |st| limit.saturating_sub(st.send_buf.len()))
+    }
+
     /// Bytes waiting to be read on a stream.
     pub fn stream_readable_len(&self, s: StreamRef) -> usize {
         self.circuits
