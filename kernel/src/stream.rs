@@ -133,6 +133,14 @@ pub(crate) struct Stream {
 }
 
 impl Stream {
+    /// Bytes `Node::stream_write` may add with a send buffer of `limit`
+    /// bytes, or None when the stream takes no writes (finishing, a UDP
+    /// association, a resolve-only stream).
+    pub fn send_room(&self, limit: usize) -> Option<usize> {
+        let writable = !self.finishing && self.kind != StreamKind::Udp && !self.resolve_only;
+        writable.then(|| limit.saturating_sub(self.send_buf.len()))
+    }
+
     pub fn new(kind: StreamKind, state: StreamState) -> Stream {
         Stream {
             kind,

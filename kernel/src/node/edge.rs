@@ -620,10 +620,8 @@ impl Node {
     ) -> Result<usize, NodeError> {
         let limit = self.config.streams.send_buffer;
         let st = self.stream_mut(s).ok_or(NodeError::NoSuchStream)?;
-        if st.finishing || st.kind == StreamKind::Udp || st.resolve_only {
-            return Err(NodeError::StreamNotWritable);
-        }
-        let n = data.len().min(limit.saturating_sub(st.send_buf.len()));
+        let room = st.send_room(limit).ok_or(NodeError::StreamNotWritable)?;
+        let n = data.len().min(room);
         st.send_buf.extend_from_slice(&data[..n]);
         if n < data.len() {
             st.writable_wanted = true;
@@ -687,8 +685,8 @@ impl Node {
             .get(s.circuit)
             .and_then(|c| c.edge.as_ref())
             .and_then(|e| e.streams.get(&s.id))
-            .filter(|st| !st.finishing && st.kind != StreamKind::Udp && !st.resolve_only)
-            .map_or(0, |st| limit.saturating_sub(st.send_buf.len()))
+            .and_then(|st| st.send_room(limit))
+            .unwrap_or(0)
     }
 
     /// Bytes waiting to be read on a stream.

@@ -729,36 +729,20 @@ impl Endpoint {
         // visited in the map's order, as before the caches, when there are
         // several (their echoes and ends are reported in that order).
         // Visiting one does not change whether another is due.
+        let wanted = |pos: usize| self.naive || self.deadline.get(pos) <= t || self.check[pos];
         let mut visit = std::mem::take(&mut self.visit);
         visit.clear();
-        if self.naive {
-            visit.extend(0..self.slots.len());
-        } else {
-            let mut from = 0;
-            while let Some(pos) = self.deadline.first_at_most(from, t) {
-                visit.push(pos);
-                from = pos + 1;
-            }
-            let due = visit.len();
-            visit.extend(
-                self.check
-                    .iter()
-                    .enumerate()
-                    .filter(|&(pos, &check)| check && self.deadline.get(pos) > t)
-                    .map(|(pos, _)| pos),
-            );
-            if visit.len() > due {
-                visit.sort_unstable();
-            }
+        let mut from = 0;
+        while let Some(pos) = self.deadline.first_at_most(from, t) {
+            visit.push(pos);
+            from = pos + 1;
         }
-        if visit.len() > 1 {
-            let chosen = std::mem::take(&mut visit);
-            visit.extend(
-                self.conns
-                    .values()
-                    .copied()
-                    .filter(|pos| chosen.binary_search(pos).is_ok()),
-            );
+        visit.extend(
+            (0..self.check.len()).filter(|&pos| self.check[pos] && self.deadline.get(pos) > t),
+        );
+        if visit.len() > 1 || self.naive {
+            visit.clear();
+            visit.extend(self.conns.values().copied().filter(|&pos| wanted(pos)));
         }
         for &pos in &visit {
             let due = self.deadline.get(pos) <= t || self.naive;

@@ -43,22 +43,24 @@ pub const CID_LEN: usize = 8;
 /// DATA header: type, the receiver's connection id, packet number.
 pub const DATA_HEADER: usize = 1 + CID_LEN + 8;
 
-/// The receiver's connection id in a DATA datagram (None for anything else).
-pub fn data_packet_cid(datagram: &[u8]) -> Option<u64> {
+/// The big-endian u64 at `at` in a DATA datagram's header (None for
+/// anything else).
+fn data_header_u64(datagram: &[u8], at: usize) -> Option<u64> {
     if datagram.first() != Some(&DATA) {
         return None;
     }
-    let cid: [u8; CID_LEN] = datagram.get(1..1 + CID_LEN)?.try_into().ok()?;
-    Some(u64::from_be_bytes(cid))
+    let b: [u8; 8] = datagram.get(at..at + 8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(b))
+}
+
+/// The receiver's connection id in a DATA datagram (None for anything else).
+pub fn data_packet_cid(datagram: &[u8]) -> Option<u64> {
+    data_header_u64(datagram, 1)
 }
 
 /// The packet number of a DATA datagram (None for anything else).
 pub fn data_packet_number(datagram: &[u8]) -> Option<u64> {
-    if datagram.first() != Some(&DATA) {
-        return None;
-    }
-    let pn: [u8; 8] = datagram.get(1 + CID_LEN..DATA_HEADER)?.try_into().ok()?;
-    Some(u64::from_be_bytes(pn))
+    data_header_u64(datagram, 1 + CID_LEN)
 }
 
 pub const FRAME_ACK: u8 = 1;
