@@ -200,7 +200,7 @@ impl Bottleneck {
             }
         }
         self.queue_delay.record(start.since(now));
-        let ser = (len as u128 * 1_000_000_000 / u128::from(self.rate)) as u64;
+        let ser = serialization_ns(len, self.rate);
         self.busy_until = start.plus_nanos(ser.max(1));
         self.backlog.push_back((self.busy_until, len));
         self.backlog_bytes += len;
@@ -218,6 +218,17 @@ impl Bottleneck {
         } else {
             (self.queue_limit as u128 * 1_000_000_000 / u128::from(self.rate)) as u64
         }
+    }
+}
+
+/// Nanoseconds to send `len` bytes at `rate` bytes/s (rounded down). In
+/// 64 bits when the product fits, as it does for any datagram: a 128-bit
+/// division is a library call, and this runs once per datagram per
+/// bottleneck.
+fn serialization_ns(len: usize, rate: u64) -> u64 {
+    match (len as u64).checked_mul(1_000_000_000) {
+        Some(n) => n / rate.max(1),
+        None => (len as u128 * 1_000_000_000 / u128::from(rate.max(1))) as u64,
     }
 }
 
