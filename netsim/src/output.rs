@@ -34,6 +34,8 @@ pub struct Perf {
     pub peak_rss_mib: f64,
     /// Datagrams sent.
     pub datagrams: u64,
+    /// Wake-up events that found no deadline due (counted in `events`).
+    pub idle_wakes: u64,
     /// Hosts.
     pub hosts: usize,
 }
@@ -84,6 +86,7 @@ pub fn run(
         real_s_per_sim_s: wall_s / end.max(1e-9),
         peak_rss_mib: peak_rss_kib() as f64 / 1024.0,
         datagrams: sim.datagrams,
+        idle_wakes: sim.idle_wakes,
         hosts: sim.hosts.len(),
     };
     Ok(Run { sim, results, perf })

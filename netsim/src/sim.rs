@@ -121,6 +121,8 @@ pub struct Sim {
     pub datagrams: u64,
     /// Datagrams that arrived at a crashed host.
     pub to_dead_host: u64,
+    /// Wake-ups that found no timer due (their deadline had moved later).
+    pub idle_wakes: u64,
     max_datagram: usize,
     /// Bytes the network adds to each datagram on the wire.
     overhead: usize,
@@ -314,6 +316,7 @@ impl Sim {
             events: 0,
             datagrams: 0,
             to_dead_host: 0,
+            idle_wakes: 0,
             max_datagram,
             overhead: scenario.ip_overhead,
             raw_ip: false,
@@ -483,6 +486,14 @@ impl Sim {
                     return Ok(());
                 }
                 h.timer = None;
+                // A deadline that moved later since this wake-up was
+                // scheduled leaves nothing to do now but wait again.
+                if let Some(t) = h.idle_until(now) {
+                    h.timer = Some(t);
+                    self.queue.push(t, Ev::Wake { host, incarnation });
+                    self.idle_wakes += 1;
+                    return Ok(());
+                }
                 h.run_timers(now);
                 self.process(host, None);
             }

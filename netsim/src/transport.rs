@@ -91,6 +91,14 @@ pub trait LinkCore {
     fn ip_header_included(&self) -> bool {
         false
     }
+    /// Whether `poll_timeout` covers everything that time alone can make
+    /// the core send: then a host woken before that time, with no input,
+    /// has nothing to do. False (the default) when not shown: quinn-proto
+    /// does send at such wake-ups (the quick and long-fat scenarios differ
+    /// when they are skipped).
+    fn timeout_covers_sends(&self) -> bool {
+        false
+    }
 }
 
 /// A second connection between the same pair of nodes came up: whether it
@@ -209,6 +217,10 @@ impl LinkCore for UdtCore {
 
     fn retransmitted_total(&self) -> u64 {
         self.ep.retransmitted_cells()
+    }
+
+    fn timeout_covers_sends(&self) -> bool {
+        true
     }
 
     fn datagram_circuits(&mut self, to: &SocketAddr, datagram: &[u8], out: &mut Vec<u32>) {
