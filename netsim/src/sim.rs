@@ -61,6 +61,31 @@ enum Ev {
     Restart { host: usize },
 }
 
+/// Makes host `host` (index `h`) wake up by `t`, and not before `now` +
+/// 1 ns. `timer` is the earliest pending wake-up: a later deadline needs no
+/// new event, as the pending one fires first and reschedules. So stale
+/// wake-ups do not pile up in the heap (deadlines move later at almost
+/// every step: keepalives, idle timeouts).
+fn arm_wake(
+    queue: &mut crate::queue::EventQueue<Ev>,
+    host: &mut Host,
+    h: usize,
+    now: Time,
+    t: Time,
+) {
+    let t = t.max(now.plus_nanos(1));
+    if host.timer.is_none_or(|p| t < p) {
+        host.timer = Some(t);
+        queue.push(
+            t,
+            Ev::Wake {
+                host: h,
+                incarnation: host.incarnation,
+            },
+        );
+    }
+}
+
 /// Per-host fixed facts.
 struct Keys {
     identity: [u8; 32],
@@ -489,8 +514,7 @@ impl Sim {
                 // A deadline that moved later since this wake-up was
                 // scheduled leaves nothing to do now but wait again.
                 if let Some(t) = h.idle_until(now) {
-                    h.timer = Some(t);
-                    self.queue.push(t, Ev::Wake { host, incarnation });
+                    arm_wake(&mut self.queue, h, host, now, t);
                     self.idle_wakes += 1;
                     return Ok(());
                 }
@@ -580,24 +604,8 @@ impl Sim {
         self.traffic.serve(now, host);
         let mut out = std::mem::take(&mut self.out);
         host.flush(now, &mut self.probes, &mut self.pool, &mut out);
-        let wake = host.next_wake();
-        let incarnation = host.incarnation;
-        // `timer` is the earliest pending wake-up. A later deadline needs no
-        // new event: the pending one fires first and reschedules. So stale
-        // wake-ups do not pile up in the heap (deadlines move later at
-        // almost every step: keepalives, idle timeouts).
-        if let Some(t) = wake {
-            let t = t.max(now.plus_nanos(1));
-            if host.timer.is_none_or(|p| t < p) {
-                host.timer = Some(t);
-                self.queue.push(
-                    t,
-                    Ev::Wake {
-                        host: h,
-                        incarnation,
-                    },
-                );
-            }
+        if let Some(t) = host.next_wake() {
+            arm_wake(&mut self.queue, host, h, now, t);
         }
         self.app = app;
         for (t, a) in sched.drain(..) {
