@@ -153,13 +153,17 @@ fn queueing_delay_never_exceeds_queue_over_bandwidth() {
 }
 
 /// Eight bulk circuits into a 20 Mbit/s downlink with a 512 KiB buffer
-/// (210 ms at that rate), drop-tail and then CoDel.
+/// (210 ms at that rate), drop-tail and then CoDel. The links run CUBIC:
+/// the question is what the queue discipline does with loss-based
+/// senders, which fill whatever buffer they get (BBR, udt's default, does
+/// not fill it, so it would say nothing about drop-tail).
 fn codel_run(aqm: &str) -> Sim {
     run(
         &format!(
             r#"
         name = "aqm"
         duration_s = 20
+        cc = "cubic"
         [host_defaults]
         up_mbit = 0
         down_mbit = 0

@@ -7,10 +7,12 @@
 //! - [`Cubic`] (RFC 9438), loss-based: every loss episode cuts the window
 //!   by 30%, so on a path with random (non-congestion) loss it settles
 //!   near Reno's `1.22 MSS / (RTT sqrt(p))`;
-//! - [`bbr::Bbr`], model-based in the spirit of BBR: it estimates the
+//! - [`bbr::Bbr`] (the default), model-based in the spirit of BBR: it
+//!   estimates the
 //!   bottleneck bandwidth (windowed max of per-ACK delivery-rate samples,
 //!   [`rate`]) and the minimum RTT, paces at a gain times the bandwidth and
-//!   bounds the bytes in flight at twice their product. Random loss does
+//!   bounds the bytes in flight at twice their product plus an allowance
+//!   for ACKs that arrive in batches. Random loss does
 //!   not move it; only a round trip losing over 5% of its packets bounds
 //!   its window (BBRv2-style);
 //! - [`udt::UdtRate`], UDT's rate-based DAIMD: the rate changes once per
@@ -32,13 +34,17 @@ use relay_link::transport::TAG_LEN;
 
 pub use rate::RateSample;
 
-/// Which congestion controller a connection runs.
+/// Which congestion controller a connection runs. BBR by default: on
+/// random loss it keeps its rate where CUBIC collapses, and in netsim's
+/// onionperf, web, churn and scale scenarios transfers of 1 MiB and more
+/// finish sooner over it (docs/benchmarks.md, "Which controller is udt's
+/// default").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CongestionKind {
     /// CUBIC with pacing at 1.25 x window / RTT.
-    #[default]
     Cubic,
     /// The BBR-style model ([`bbr::Bbr`]).
+    #[default]
     Bbr,
     /// UDT's rate-based scheme ([`udt::UdtRate`]).
     UdtRate,
