@@ -97,6 +97,15 @@ fn tunnel_with_bbr_circuits_both_ways() {
 }
 
 #[test]
+fn tunnel_with_cubic_udt_links_at_the_ends() {
+    // The client and the exit run CUBIC on their udt links, the relays
+    // between them the default (BBR): each end's controller is its own
+    // choice, and bytes arrive exact both ways.
+    let cubic = ["--udt-cc", "cubic"];
+    three_hop_tunnel_with(["udt", "udt", "udt"], 30 * MB, &cubic, &cubic);
+}
+
+#[test]
 fn each_tunnel_connection_gets_its_own_circuit_and_control_port_lists_it() {
     let server = pattern_server();
     let r1 = relay("udt", &[]);

@@ -95,6 +95,8 @@ pub struct Config {
     pub log: Option<String>,
     /// Circuit congestion control: `vegas` or `bbr`.
     pub circuit_cc: Option<String>,
+    /// udt links' congestion control: `bbr`, `cubic` or `udt`.
+    pub udt_cc: Option<String>,
 }
 
 impl Config {
@@ -202,6 +204,10 @@ impl Config {
             cc.parse::<relay_kernel::flow::CcAlgorithm>()
                 .map_err(|e| ("circuit_cc".to_string(), e))?;
         }
+        if let Some(cc) = &self.udt_cc {
+            cc.parse::<crate::daemon::links::UdtCc>()
+                .map_err(|e| ("udt_cc".to_string(), e))?;
+        }
         if let Some(l) = &self.log {
             if l.trim().is_empty() || !l.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err((
@@ -276,6 +282,7 @@ tunnel = ["2222>rand>{a}@udt://127.0.0.1:9002>10.0.0.5:22"]
 proxy = ["1080>rand>rand>rand>internet"]
 log = "relayd=debug,warn"
 circuit_cc = "bbr"
+udt_cc = "cubic"
 "#,
             a = id(1),
             b = id(2)
@@ -292,6 +299,7 @@ circuit_cc = "bbr"
         assert_eq!(c.log.as_deref(), Some("relayd=debug,warn"));
         assert_eq!(c.peers, None);
         assert_eq!(c.circuit_cc.as_deref(), Some("bbr"));
+        assert_eq!(c.udt_cc.as_deref(), Some("cubic"));
     }
 
     #[test]
@@ -366,6 +374,9 @@ circuit_cc = "bbr"
         let (key, problem) = invalid("circuit_cc = \"cubic\"");
         assert_eq!(key, "circuit_cc");
         assert!(problem.contains("vegas or bbr"), "{problem}");
+        let (key, problem) = invalid("udt_cc = \"vegas\"");
+        assert_eq!(key, "udt_cc");
+        assert!(problem.contains("bbr, cubic or udt"), "{problem}");
         let e = parse("proxy = [\"x\"]").unwrap_err().to_string();
         assert!(e.starts_with("config test.toml: proxy[0]: \"x\": "), "{e}");
     }

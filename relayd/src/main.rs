@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use relay_kernel::flow::CcAlgorithm;
 use relay_link::{LinkAddr, PeerAddr};
 use relayd::config::Config;
+use relayd::daemon::links::UdtCc;
 use relayd::exit_policy::ExitPolicy;
 use relayd::keys::Keys;
 use relayd::peers::Peers;
@@ -127,6 +128,9 @@ struct RunArgs {
     /// ends: vegas (default) or bbr (keeps its rate on long lossy paths).
     #[arg(long)]
     circuit_cc: Option<String>,
+    /// Congestion control of udt links: bbr (default), cubic or udt.
+    #[arg(long)]
+    udt_cc: Option<String>,
 }
 
 #[derive(Args)]
@@ -146,6 +150,9 @@ struct ClientArgs {
     /// Circuit congestion control: vegas (default) or bbr.
     #[arg(long)]
     circuit_cc: Option<String>,
+    /// Congestion control of udt links: bbr (default), cubic or udt.
+    #[arg(long)]
+    udt_cc: Option<String>,
 }
 
 /// A user mistake: printed as one line, exit code 2.
@@ -214,6 +221,7 @@ fn options(mut a: RunArgs) -> Result<RunOptions, Usage> {
             .map_err(|e| Usage(format!("--circuit-cc: {e}")))?,
         None => CcAlgorithm::default(),
     };
+    let udt_cc = parse_udt_cc(a.udt_cc.as_deref())?;
     if a.link_idle_timeout == 0 || a.link_idle_timeout > 3600 {
         return Err(Usage("--link-idle-timeout: 1 to 3600 seconds".into()));
     }
@@ -231,6 +239,13 @@ fn options(mut a: RunArgs) -> Result<RunOptions, Usage> {
         share_circuits: a.share_circuits,
         idle_timeout: Duration::from_secs(a.link_idle_timeout),
         circuit_cc,
+        udt_cc,
+    })
+}
+
+fn parse_udt_cc(s: Option<&str>) -> Result<UdtCc, Usage> {
+    s.map_or(Ok(UdtCc::default()), |s| {
+        s.parse().map_err(|e| Usage(format!("--udt-cc: {e}")))
     })
 }
 
@@ -251,6 +266,7 @@ fn merge(a: &mut RunArgs, c: Config) {
     a.control = a.control.take().or(c.control);
     a.peers = a.peers.take().or(c.peers);
     a.circuit_cc = a.circuit_cc.take().or(c.circuit_cc);
+    a.udt_cc = a.udt_cc.take().or(c.udt_cc);
     a.act_as_tracker |= c.act_as_tracker;
 }
 
@@ -332,6 +348,7 @@ async fn run_command(cmd: Command) -> Result<u8, Usage> {
                 tunnel: vec![spec],
                 share_circuits: client.share_circuits,
                 circuit_cc: client.circuit_cc,
+                udt_cc: client.udt_cc,
                 link_idle_timeout: 8,
                 ..RunArgs::default()
             };
@@ -344,6 +361,7 @@ async fn run_command(cmd: Command) -> Result<u8, Usage> {
                 peers: client.peers,
                 proxy: vec![spec],
                 circuit_cc: client.circuit_cc,
+                udt_cc: client.udt_cc,
                 link_idle_timeout: 8,
                 ..RunArgs::default()
             };

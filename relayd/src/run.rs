@@ -44,6 +44,8 @@ pub struct RunOptions {
     pub idle_timeout: Duration,
     /// Congestion control of the circuits this node ends.
     pub circuit_cc: relay_kernel::flow::CcAlgorithm,
+    /// Congestion control of this node's udt links.
+    pub udt_cc: crate::daemon::links::UdtCc,
 }
 
 /// Why the daemon could not start (exit code 2 for the user's mistakes).
@@ -97,6 +99,7 @@ pub async fn start(opts: RunOptions) -> Result<Running, RunError> {
     };
     config.link.idle_timeout = opts.idle_timeout;
     config.node.cc.algorithm = opts.circuit_cc;
+    config.udt_cc = opts.udt_cc;
     config.link.keepalive = (opts.idle_timeout / 4).max(Duration::from_millis(500));
     let daemon = Daemon::start(keys, config).await?;
     let client = Arc::new(Client::new(daemon.clone(), opts.peers));

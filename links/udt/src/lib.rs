@@ -39,6 +39,7 @@ use relay_link::{
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
+use crate::cc::CongestionKind;
 use crate::conn::{ConnConfig, Ended};
 use crate::endpoint::{ConnId, Endpoint, EndpointConfig, EndpointEvent};
 use crate::socket::{BatchSocket, GsoBatch, RecvBufs};
@@ -127,11 +128,22 @@ pub struct UdtTransport {
 }
 
 impl UdtTransport {
-    /// Binds `addr` (port 0 picks one).
+    /// Binds `addr` (port 0 picks one), with the default congestion
+    /// controller.
     pub async fn bind(
         addr: SocketAddr,
         identity: &Identity,
         config: LinkConfig,
+    ) -> Result<UdtTransport, LinkError> {
+        Self::bind_with_cc(addr, identity, config, CongestionKind::default()).await
+    }
+
+    /// Binds `addr`; every connection of this endpoint runs `cc`.
+    pub async fn bind_with_cc(
+        addr: SocketAddr,
+        identity: &Identity,
+        config: LinkConfig,
+        cc: CongestionKind,
     ) -> Result<UdtTransport, LinkError> {
         // Large buffers: a burst of a whole congestion window must not be
         // dropped by the kernel before the driver reads it.
@@ -144,6 +156,7 @@ impl UdtTransport {
             conn: ConnConfig {
                 idle_timeout: config.idle_timeout.as_nanos() as u64,
                 keepalive: config.keepalive.as_nanos() as u64,
+                cc,
                 ..ConnConfig::default()
             },
             handshake_timeout: config.handshake_timeout.as_nanos() as u64,

@@ -8,18 +8,73 @@ use std::sync::Arc;
 use relay_link::{Identity, LinkAddr, LinkConfig, LinkError, Scheme, Transport};
 use tokio::sync::Mutex;
 
+/// Congestion controller of udt links (`--udt-cc`). Its own type so the
+/// flag parses the same whether or not udt is compiled in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UdtCc {
+    /// Model-based (BBR-style): keeps its rate under random loss.
+    #[default]
+    Bbr,
+    /// Loss-based CUBIC.
+    Cubic,
+    /// UDT's rate-based control.
+    UdtRate,
+}
+
+impl std::str::FromStr for UdtCc {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "bbr" => Ok(UdtCc::Bbr),
+            "cubic" => Ok(UdtCc::Cubic),
+            "udt" => Ok(UdtCc::UdtRate),
+            other => Err(format!(
+                "unknown udt congestion control {other:?} (bbr, cubic or udt)"
+            )),
+        }
+    }
+}
+
+#[cfg(feature = "udt")]
+impl From<UdtCc> for relay_link_udt::cc::CongestionKind {
+    fn from(c: UdtCc) -> Self {
+        use relay_link_udt::cc::CongestionKind as K;
+        match c {
+            UdtCc::Bbr => K::Bbr,
+            UdtCc::Cubic => K::Cubic,
+            UdtCc::UdtRate => K::UdtRate,
+        }
+    }
+}
+
+/// What every transport of a node is bound with.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LinkSettings {
+    /// Tunables common to every link kind.
+    pub link: LinkConfig,
+    /// The udt links' congestion controller.
+    pub udt_cc: UdtCc,
+}
+
 /// Binds one transport of `scheme` on `addr`.
 pub async fn bind(
     scheme: Scheme,
     addr: SocketAddr,
     identity: &Identity,
-    config: LinkConfig,
+    settings: LinkSettings,
 ) -> Result<Arc<dyn Transport>, LinkError> {
+    let config = settings.link;
     let _ = (addr, identity, config);
     match scheme {
         #[cfg(feature = "udt")]
         Scheme::Udt => Ok(Arc::new(
-            relay_link_udt::UdtTransport::bind(addr, identity, config).await?,
+            relay_link_udt::UdtTransport::bind_with_cc(
+                addr,
+                identity,
+                config,
+                settings.udt_cc.into(),
+            )
+            .await?,
         )),
         #[cfg(feature = "quic")]
         Scheme::Quic => Ok(Arc::new(
@@ -44,7 +99,7 @@ pub async fn bind(
 /// The transports of one node.
 pub struct Transports {
     identity: Identity,
-    config: LinkConfig,
+    config: LinkSettings,
     listening: Vec<(LinkAddr, Arc<dyn Transport>)>,
     /// Client-side transports bound on demand, per scheme and address family.
     outgoing: Mutex<HashMap<(Scheme, bool), Arc<dyn Transport>>>,
@@ -55,7 +110,7 @@ impl Transports {
     /// ports when port 0 was asked for.
     pub async fn listen(
         identity: &Identity,
-        config: LinkConfig,
+        config: LinkSettings,
         addrs: &[LinkAddr],
     ) -> Result<Transports, (LinkAddr, LinkError)> {
         let mut listening = Vec::new();

@@ -47,6 +47,8 @@ pub struct DaemonConfig {
     pub act_as_tracker: bool,
     /// Link tunables.
     pub link: LinkConfig,
+    /// Congestion controller of udt links.
+    pub udt_cc: links::UdtCc,
     /// Kernel tunables.
     pub node: NodeConfig,
     /// How long a published descriptor stays valid.
@@ -62,6 +64,7 @@ impl Default for DaemonConfig {
             exit_policy: ExitPolicy::reject_all(),
             act_as_tracker: false,
             link: LinkConfig::default(),
+            udt_cc: links::UdtCc::default(),
             node: NodeConfig::default(),
             descriptor_lifetime: Duration::from_secs(3 * 3600),
             exit_connect_timeout: Duration::from_secs(10),
@@ -210,7 +213,11 @@ pub(crate) fn settle(inner: &Arc<Inner>, st: MutexGuard<'_, State>) {
 impl Daemon {
     /// Binds the listen addresses and starts the driver.
     pub async fn start(keys: Keys, config: DaemonConfig) -> Result<Daemon, DaemonError> {
-        let transports = Transports::listen(&keys.identity, config.link, &config.listen)
+        let settings = links::LinkSettings {
+            link: config.link,
+            udt_cc: config.udt_cc,
+        };
+        let transports = Transports::listen(&keys.identity, settings, &config.listen)
             .await
             .map_err(|(addr, source)| DaemonError::Listen {
                 addr: addr.to_string(),
