@@ -37,6 +37,10 @@ use crate::packet::*;
 use crate::reorder::Reordering;
 use crate::sent::{InFlight, Sent};
 
+/// Longest a lone cell waits for a second one to share its datagram (see
+/// `Conn::hold_until`).
+const HOLD_MAX: u64 = 1_000_000;
+
 /// A cell waiting in the send queue.
 enum Queued {
     /// Not sent yet.
@@ -614,8 +618,12 @@ impl Conn {
         // window or the peer's cell window full, an ACK restarts sending.
         let window_open = self.bytes_in_flight + self.config.max_datagram <= self.cc.window();
         let flow_open = self.front_may_go();
-        if window_open && flow_open && self.pacing_next > self.last_send {
-            t = t.min(self.pacing_next);
+        if window_open && flow_open {
+            // A held lone cell leaves when both its hold and pacing allow.
+            let hold = self.hold_until(self.last_send);
+            if self.pacing_next > self.last_send || hold.is_some() {
+                t = t.min(self.pacing_next.max(hold.unwrap_or(Time(0))));
+            }
         }
         t
     }
@@ -633,7 +641,9 @@ impl Conn {
         let window_open = self.bytes_in_flight + self.config.max_datagram <= self.cc.window();
         let flow_open = self.front_may_go();
         if window_open && flow_open {
-            t = t.min(self.pacing_next);
+            // A held lone cell cannot leave before its hold ends either.
+            let hold = self.hold_until(self.last_send).unwrap_or(Time(0));
+            t = t.min(self.pacing_next.max(hold));
             if let Some((_, at)) = self.pair_first {
                 t = t.min(at);
             }
@@ -642,6 +652,27 @@ impl Conn {
             t = t.min(self.last_send.plus_nanos(self.rtt.pto()));
         }
         t
+    }
+
+    /// Until when a lone new cell waits for a second one to share its
+    /// datagram: one full datagram's pacing interval after the last send,
+    /// at most [`HOLD_MAX`]; None when more than one cell (or a resend) is
+    /// queued. A datagram has room for two cells, and a paced sender that
+    /// is not window-limited sent most cells alone, as the kernel hands
+    /// them over one at a time (netsim onionperf: 983k one-cell against
+    /// 243k two-cell datagrams). Waiting up to the slot a full datagram
+    /// would have had costs the rate nothing; an ACK that is due takes the
+    /// cell along at once.
+    fn hold_until(&self, now: Time) -> Option<Time> {
+        if self.queue.len() != 1 || !matches!(self.queue.front(), Some((_, Queued::Fresh(_)))) {
+            return None;
+        }
+        let end = self.last_send.plus_nanos(
+            self.cc
+                .pacing_interval(self.config.max_datagram, &self.rtt)
+                .min(HOLD_MAX),
+        );
+        (now < end).then_some(end)
     }
 
     /// Whether the cell at the head of the queue may leave as far as flow
@@ -704,7 +735,8 @@ impl Conn {
         let pair_second = self.pair_second_due(now);
         let paced = now >= self.pacing_next || pair_second;
         let window_open = self.bytes_in_flight + self.config.max_datagram <= self.cc.window();
-        if paced && window_open && self.ended.is_none() {
+        let held = !ack_due && self.hold_until(now).is_some();
+        if paced && window_open && !held && self.ended.is_none() {
             while out.len() + CELL_FRAME_LEN + 16 * 2 + 14 <= limit {
                 let Some((_, queued)) = self.queue.front() else {
                     break;
