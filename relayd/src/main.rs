@@ -221,7 +221,12 @@ fn options(mut a: RunArgs) -> Result<RunOptions, Usage> {
             .map_err(|e| Usage(format!("--circuit-cc: {e}")))?,
         None => CcAlgorithm::default(),
     };
-    let udt_cc = parse_udt_cc(a.udt_cc.as_deref())?;
+    let udt_cc = match &a.udt_cc {
+        Some(s) => s
+            .parse::<UdtCc>()
+            .map_err(|e| Usage(format!("--udt-cc: {e}")))?,
+        None => UdtCc::default(),
+    };
     if a.link_idle_timeout == 0 || a.link_idle_timeout > 3600 {
         return Err(Usage("--link-idle-timeout: 1 to 3600 seconds".into()));
     }
@@ -240,12 +245,6 @@ fn options(mut a: RunArgs) -> Result<RunOptions, Usage> {
         idle_timeout: Duration::from_secs(a.link_idle_timeout),
         circuit_cc,
         udt_cc,
-    })
-}
-
-fn parse_udt_cc(s: Option<&str>) -> Result<UdtCc, Usage> {
-    s.map_or(Ok(UdtCc::default()), |s| {
-        s.parse().map_err(|e| Usage(format!("--udt-cc: {e}")))
     })
 }
 

@@ -619,10 +619,9 @@ impl Conn {
         let window_open = self.bytes_in_flight + self.config.max_datagram <= self.cc.window();
         let flow_open = self.front_may_go();
         if window_open && flow_open {
-            // A held lone cell leaves when both its hold and pacing allow.
-            let hold = self.hold_until(self.last_send);
-            if self.pacing_next > self.last_send || hold.is_some() {
-                t = t.min(self.pacing_next.max(hold.unwrap_or(Time(0))));
+            let cells_at = self.cells_may_leave_at();
+            if cells_at > self.last_send {
+                t = t.min(cells_at);
             }
         }
         t
@@ -641,9 +640,7 @@ impl Conn {
         let window_open = self.bytes_in_flight + self.config.max_datagram <= self.cc.window();
         let flow_open = self.front_may_go();
         if window_open && flow_open {
-            // A held lone cell cannot leave before its hold ends either.
-            let hold = self.hold_until(self.last_send).unwrap_or(Time(0));
-            t = t.min(self.pacing_next.max(hold));
+            t = t.min(self.cells_may_leave_at());
             if let Some((_, at)) = self.pair_first {
                 t = t.min(at);
             }
@@ -663,16 +660,22 @@ impl Conn {
     /// 243k two-cell datagrams). Waiting up to the slot a full datagram
     /// would have had costs the rate nothing; an ACK that is due takes the
     /// cell along at once.
-    fn hold_until(&self, now: Time) -> Option<Time> {
+    fn hold_until(&self) -> Option<Time> {
         if self.queue.len() != 1 || !matches!(self.queue.front(), Some((_, Queued::Fresh(_)))) {
             return None;
         }
-        let end = self.last_send.plus_nanos(
-            self.cc
-                .pacing_interval(self.config.max_datagram, &self.rtt)
-                .min(HOLD_MAX),
-        );
-        (now < end).then_some(end)
+        let wait = self
+            .cc
+            .pacing_interval(self.config.max_datagram, &self.rtt)
+            .min(HOLD_MAX);
+        (wait > 0).then(|| self.last_send.plus_nanos(wait))
+    }
+
+    /// The earliest time queued cells may leave as far as pacing and the
+    /// lone-cell hold go (the window and flow control aside).
+    fn cells_may_leave_at(&self) -> Time {
+        self.hold_until()
+            .map_or(self.pacing_next, |h| self.pacing_next.max(h))
     }
 
     /// Whether the cell at the head of the queue may leave as far as flow
@@ -735,7 +738,7 @@ impl Conn {
         let pair_second = self.pair_second_due(now);
         let paced = now >= self.pacing_next || pair_second;
         let window_open = self.bytes_in_flight + self.config.max_datagram <= self.cc.window();
-        let held = !ack_due && self.hold_until(now).is_some();
+        let held = !ack_due && self.hold_until().is_some_and(|end| now < end);
         if paced && window_open && !held && self.ended.is_none() {
             while out.len() + CELL_FRAME_LEN + 16 * 2 + 14 <= limit {
                 let Some((_, queued)) = self.queue.front() else {
