@@ -83,6 +83,11 @@ fn every_bad_input_is_one_line_and_exit_code_2() {
         (vec!["run", "--control", "localhost"], "--control"),
         (vec!["run", "--circuit-cc", "cubic"], "--circuit-cc"),
         (vec!["run", "--udt-cc", "reno"], "--udt-cc"),
+        (vec!["run", "--threads", "0"], "--threads"),
+        (
+            vec!["--threads", "lots", "tunnel", "1>rand>h:1"],
+            "--threads",
+        ),
         (
             vec!["tunnel", "1>rand>h:1", "--circuit-cc", "x"],
             "--circuit-cc",

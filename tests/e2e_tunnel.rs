@@ -23,13 +23,14 @@ fn three_hop_tunnel(schemes: [&str; 3], bytes: u64) {
     three_hop_tunnel_with(schemes, bytes, &[], &[]);
 }
 
-/// The same with extra flags for the exit and for the tunnel client.
+/// The same with extra flags for the exit and for the tunnel client; the
+/// processes (relay, relay, exit, client) are returned still running.
 fn three_hop_tunnel_with(
     schemes: [&str; 3],
     bytes: u64,
     exit_extra: &[&str],
     client_extra: &[&str],
-) {
+) -> [Relayd; 4] {
     let _g = heavy();
     let server = pattern_server();
     let r1 = relay(schemes[0], &[]);
@@ -61,6 +62,17 @@ fn three_hop_tunnel_with(
         bytes / MB,
         start.elapsed().as_secs_f64()
     );
+    [r1, r2, r3, client]
+}
+
+/// The `Threads:` count of a running process.
+fn os_threads(p: &Relayd) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", p.child.id())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
 }
 
 #[test]
@@ -86,6 +98,27 @@ fn tunnel_over_tcp_100_mb_each_way() {
 #[test]
 fn tunnel_over_mixed_path_100_mb_each_way() {
     three_hop_tunnel(["udt", "quic", "tcp"], 100 * MB);
+}
+
+#[test]
+fn nodes_on_one_thread_and_on_several_carry_the_same_bytes() {
+    // The relays run on one thread (the default), the exit and the client
+    // on multi-thread runtimes (`--threads`), over a mixed path.
+    let nodes = three_hop_tunnel_with(
+        ["udt", "quic", "tcp"],
+        30 * MB,
+        &["--threads", "2"],
+        &["--threads", "3"],
+    );
+    let [r1, r2, exit, client] = nodes.map(|p| os_threads(&p));
+    // A multi-thread runtime has its workers besides the main thread; a
+    // one-thread node has only tokio's lazily started blocking threads.
+    assert!(
+        exit > 2 && client > 3,
+        "threads: exit {exit}, client {client}"
+    );
+    assert!(r1 < exit && r2 < exit, "threads: {r1}, {r2} vs exit {exit}");
+    eprintln!("threads: relays {r1}, {r2}; exit {exit}; client {client}");
 }
 
 #[test]

@@ -97,6 +97,8 @@ pub struct Config {
     pub circuit_cc: Option<String>,
     /// udt links' congestion control: `bbr`, `cubic` or `udt`.
     pub udt_cc: Option<String>,
+    /// Runtime threads (`--threads`), 1 to [`crate::runtime::MAX_THREADS`].
+    pub threads: Option<usize>,
 }
 
 impl Config {
@@ -208,6 +210,9 @@ impl Config {
             cc.parse::<crate::daemon::links::UdtCc>()
                 .map_err(|e| ("udt_cc".to_string(), e))?;
         }
+        if let Some(n) = self.threads {
+            crate::runtime::check_threads(n).map_err(|e| ("threads".to_string(), e))?;
+        }
         if let Some(l) = &self.log {
             if l.trim().is_empty() || !l.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err((
@@ -283,6 +288,7 @@ proxy = ["1080>rand>rand>rand>internet"]
 log = "relayd=debug,warn"
 circuit_cc = "bbr"
 udt_cc = "cubic"
+threads = 2
 "#,
             a = id(1),
             b = id(2)
@@ -300,6 +306,7 @@ udt_cc = "cubic"
         assert_eq!(c.peers, None);
         assert_eq!(c.circuit_cc.as_deref(), Some("bbr"));
         assert_eq!(c.udt_cc.as_deref(), Some("cubic"));
+        assert_eq!(c.threads, Some(2));
     }
 
     #[test]
@@ -334,6 +341,8 @@ udt_cc = "cubic"
             "listen = \"udt://0.0.0.0:1\"",
             "act_as_tracker = \"yes\"",
             "dir = 3",
+            "threads = \"2\"",
+            "threads = -1",
             "listen = [",
         ] {
             assert!(
@@ -377,6 +386,11 @@ udt_cc = "cubic"
         let (key, problem) = invalid("udt_cc = \"vegas\"");
         assert_eq!(key, "udt_cc");
         assert!(problem.contains("bbr, cubic or udt"), "{problem}");
+        for n in [0, 65] {
+            let (key, problem) = invalid(&format!("threads = {n}"));
+            assert_eq!(key, "threads");
+            assert!(problem.contains("from 1 to 64"), "{problem}");
+        }
         let e = parse("proxy = [\"x\"]").unwrap_err().to_string();
         assert!(e.starts_with("config test.toml: proxy[0]: \"x\": "), "{e}");
     }

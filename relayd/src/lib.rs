@@ -16,6 +16,7 @@ pub mod peers;
 pub mod proxy;
 pub mod pump;
 pub mod run;
+pub mod runtime;
 pub mod services;
 pub mod socks5;
 pub mod spec;

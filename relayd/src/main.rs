@@ -29,6 +29,10 @@ struct Cli {
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Runtime threads (default 1; config key `threads`). One thread is the
+    /// fastest on small hosts, see docs/config.md.
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -269,6 +273,24 @@ fn merge(a: &mut RunArgs, c: Config) {
     a.act_as_tracker |= c.act_as_tracker;
 }
 
+/// Runtime threads: `--threads`, else the config's `threads` if `run
+/// --config` names a file that loads (a file that does not is reported once
+/// the command runs), else 1.
+fn runtime_threads(cli: &Cli) -> Result<usize, Usage> {
+    if let Some(s) = &cli.threads {
+        return relayd::runtime::parse_threads(s).map_err(|e| Usage(format!("--threads {e}")));
+    }
+    let from_config = match &cli.command {
+        Command::Run(a) => a
+            .config
+            .as_ref()
+            .and_then(|p| Config::load(p).ok())
+            .and_then(|c| c.threads),
+        _ => None,
+    };
+    Ok(from_config.unwrap_or(1))
+}
+
 /// The config file's `log` filter, if `run --config` names one.
 fn config_log(cmd: &Command) -> Option<String> {
     match cmd {
@@ -301,11 +323,14 @@ fn init_logging(verbose: u8, config_filter: Option<String>) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, config_log(&cli.command));
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let threads = match runtime_threads(&cli) {
+        Ok(n) => n,
+        Err(Usage(msg)) => {
+            eprintln!("relayd: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match relayd::runtime::build(threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("relayd: cannot start the runtime: {e}");
