@@ -273,33 +273,21 @@ fn merge(a: &mut RunArgs, c: Config) {
     a.act_as_tracker |= c.act_as_tracker;
 }
 
-/// Runtime threads: `--threads`, else the config's `threads` if `run
-/// --config` names a file that loads (a file that does not is reported once
-/// the command runs), else 1.
-fn runtime_threads(cli: &Cli) -> Result<usize, Usage> {
-    if let Some(s) = &cli.threads {
-        return relayd::runtime::parse_threads(s).map_err(|e| Usage(format!("--threads {e}")));
-    }
-    let from_config = match &cli.command {
-        Command::Run(a) => a
-            .config
-            .as_ref()
-            .and_then(|p| Config::load(p).ok())
-            .and_then(|c| c.threads),
+/// The config file `run --config` names, read before the runtime and the
+/// logger start (for `threads` and `log`); a file that does not load is
+/// reported once the command runs.
+fn early_config(cmd: &Command) -> Option<Config> {
+    match cmd {
+        Command::Run(a) => a.config.as_ref().and_then(|p| Config::load(p).ok()),
         _ => None,
-    };
-    Ok(from_config.unwrap_or(1))
+    }
 }
 
-/// The config file's `log` filter, if `run --config` names one.
-fn config_log(cmd: &Command) -> Option<String> {
-    match cmd {
-        Command::Run(a) => a
-            .config
-            .as_ref()
-            .and_then(|p| Config::load(p).ok())
-            .and_then(|c| c.log),
-        _ => None,
+/// Runtime threads: `--threads`, else the config's `threads`, else 1.
+fn runtime_threads(flag: Option<&str>, config: Option<&Config>) -> Result<usize, Usage> {
+    match flag {
+        Some(s) => relayd::runtime::parse_threads(s).map_err(|e| Usage(format!("--threads {e}"))),
+        None => Ok(config.and_then(|c| c.threads).unwrap_or(1)),
     }
 }
 
@@ -322,8 +310,9 @@ fn init_logging(verbose: u8, config_filter: Option<String>) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose, config_log(&cli.command));
-    let threads = match runtime_threads(&cli) {
+    let config = early_config(&cli.command);
+    init_logging(cli.verbose, config.as_ref().and_then(|c| c.log.clone()));
+    let threads = match runtime_threads(cli.threads.as_deref(), config.as_ref()) {
         Ok(n) => n,
         Err(Usage(msg)) => {
             eprintln!("relayd: {msg}");
