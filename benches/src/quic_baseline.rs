@@ -210,6 +210,98 @@ pub async fn raw_quinn(mb: u64, streams: usize) -> Row {
     }
 }
 
+/// [`raw_quinn`] with each endpoint on its own thread and current-thread
+/// runtime (the client writing, the server reading), as linkbench runs its
+/// link rows by default.
+pub fn raw_quinn_split(mb: u64, streams: usize) -> Row {
+    use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+    let streams = streams.clamp(1, MAX_STREAMS);
+    let total = mb * 1_000_000;
+    let (server_tls, client_tls) = tls_configs();
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let reader = std::thread::spawn(move || {
+        runtime().block_on(async move {
+            let cfg = quinn::ServerConfig::with_crypto(Arc::new(
+                QuicServerConfig::try_from(server_tls).unwrap(),
+            ));
+            let server = quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                Some(cfg),
+                udp_socket(),
+                Arc::new(quinn::TokioRuntime),
+            )
+            .unwrap();
+            addr_tx.send(server.local_addr().unwrap()).unwrap();
+            let conn = server.accept().await.unwrap().await.unwrap();
+            let mut readers = tokio::task::JoinSet::new();
+            for _ in 0..streams {
+                let mut r = conn.accept_uni().await.unwrap();
+                readers.spawn(async move {
+                    let mut bufs = vec![Bytes::new(); 32];
+                    let mut got = 0u64;
+                    while let Some(n) = r.read_chunks(&mut bufs).await.unwrap() {
+                        got += bufs[..n].iter().map(|b| b.len() as u64).sum::<u64>();
+                    }
+                    got
+                });
+            }
+            let got: u64 = readers.join_all().await.iter().sum();
+            let end = (Instant::now(), cpu_seconds());
+            // The client closes once its streams are acknowledged.
+            let _ = conn.closed().await;
+            (got, end)
+        })
+    });
+    let writer = std::thread::spawn(move || {
+        runtime().block_on(async move {
+            let mut client = quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                None,
+                udp_socket(),
+                Arc::new(quinn::TokioRuntime),
+            )
+            .unwrap();
+            client.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+                QuicClientConfig::try_from(client_tls).unwrap(),
+            )));
+            let addr = addr_rx.await.unwrap();
+            let conn = client.connect(addr, "bench").unwrap().await.unwrap();
+            let start = (Instant::now(), cpu_seconds());
+            let mut out = Vec::new();
+            for _ in 0..streams {
+                out.push(conn.open_uni().await.unwrap());
+            }
+            for (i, c) in chunks(total, CHUNK / streams).enumerate() {
+                out[i % streams].write_chunk(c).await.unwrap();
+            }
+            for s in &mut out {
+                s.finish().unwrap();
+            }
+            for s in &mut out {
+                let _ = s.stopped().await;
+            }
+            conn.close(0u32.into(), b"done");
+            client.wait_idle().await;
+            start
+        })
+    });
+    let (start, cpu0) = writer.join().unwrap();
+    let (got, (end, cpu1)) = reader.join().unwrap();
+    assert_eq!(got, total, "raw quinn lost bytes");
+    Row {
+        name: format!("{}, one thread per end", name("quinn", streams)),
+        payload_bytes: got,
+        wall: end - start,
+        cpu: cpu1 - cpu0,
+    }
+}
+
 /// s2n-quic with its rustls provider and default limits (GSO on).
 pub async fn raw_s2n(mb: u64, streams: usize) -> Row {
     let streams = streams.clamp(1, MAX_STREAMS);

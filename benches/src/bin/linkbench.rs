@@ -5,6 +5,15 @@
 //!
 //! `cargo run --release -p relay-benches --bin linkbench -- [MB] [CIRCUITS]`
 //! (default 300 MB per link kind over 64 circuits).
+//!
+//! Each end of a link row runs on its own thread with a current-thread
+//! runtime, as two relayd processes run a link (relayd runs on one thread
+//! by default), and raw quinn is measured that way too, beside its rows on
+//! the shared runtime. `LINKBENCH_SPLIT=0` runs the link rows on the shared
+//! runtime (two workers, both ends in it) instead, as linkbench did before
+//! 2026-12-07's fifth session: there a cell is allocated on one worker and
+//! freed on the other, which costs glibc's allocator dearly
+//! (docs/benchmarks.md).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -102,6 +111,25 @@ async fn link_run(
         wall,
         cpu,
     }
+}
+
+/// A link row in the mode asked for.
+async fn link_row(
+    kind: LinkKind,
+    ia: &Identity,
+    ib: &Identity,
+    mb: u64,
+    circuits: u64,
+    split: bool,
+) -> Row {
+    if split {
+        // Its own threads and runtimes; this runtime only waits.
+        return tokio::task::spawn_blocking(move || split_link_run(kind, mb, circuits))
+            .await
+            .unwrap();
+    }
+    let (a, b) = (kind.bind(ia).await, kind.bind(ib).await);
+    link_run(kind.name(), a, b, mb, circuits).await
 }
 
 async fn raw_tcp(mb: u64) -> Row {
@@ -238,6 +266,121 @@ async fn raw_udp(mb: u64, segments: usize) -> Row {
     }
 }
 
+/// The link kinds, bound the same way in either mode.
+#[derive(Clone, Copy)]
+enum LinkKind {
+    Tcp,
+    Udt,
+    Quic,
+    S2n,
+}
+
+impl LinkKind {
+    fn name(self) -> &'static str {
+        match self {
+            LinkKind::Tcp => "tcp link",
+            LinkKind::Udt => "udt link",
+            LinkKind::Quic => "quic link (quinn)",
+            LinkKind::S2n => "s2n link (s2n-quic)",
+        }
+    }
+
+    async fn bind(self, id: &Identity) -> Arc<dyn Transport> {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let cfg = LinkConfig::default();
+        match self {
+            LinkKind::Tcp => Arc::new(
+                relay_link_tcp::TcpTransport::bind(any, id, cfg)
+                    .await
+                    .unwrap(),
+            ),
+            LinkKind::Udt => Arc::new(
+                relay_link_udt::UdtTransport::bind(any, id, cfg)
+                    .await
+                    .unwrap(),
+            ),
+            LinkKind::Quic => Arc::new(
+                relay_link_quic::QuicTransport::bind(any, id, cfg)
+                    .await
+                    .unwrap(),
+            ),
+            LinkKind::S2n => Arc::new(
+                relay_link_s2n::S2nTransport::bind(any, id, cfg)
+                    .await
+                    .unwrap(),
+            ),
+        }
+    }
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// One link row with each end on its own thread and current-thread
+/// runtime: the sender's end (and the harness feeding it) on one, the
+/// receiver's on the other.
+fn split_link_run(kind: LinkKind, mb: u64, circuits: u64) -> Row {
+    let (ia, ib) = (
+        Identity::from_secret([1; 32]),
+        Identity::from_secret([2; 32]),
+    );
+    let peer = ib.node_id();
+    let cells = mb * 1_000_000 / CELL_LEN as u64;
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let receiver = std::thread::spawn(move || {
+        current_thread().block_on(async move {
+            let b = kind.bind(&ib).await;
+            addr_tx.send(b.local_addr()).unwrap();
+            let mut lb = b.accept().await.expect("accept");
+            let mut got = 0;
+            let mut batch = Vec::with_capacity(256);
+            while got < cells {
+                let n = lb.rx.recv_many(&mut batch, 256).await;
+                assert!(n > 0, "link closed");
+                got += n as u64;
+                batch.clear();
+            }
+            let end = (Instant::now(), cpu_seconds());
+            let _ = done_tx.send(());
+            end
+        })
+    });
+    let sender = std::thread::spawn(move || {
+        current_thread().block_on(async move {
+            let a = kind.bind(&ia).await;
+            let la = a
+                .connect(addr_rx.await.unwrap(), peer)
+                .await
+                .expect("connect");
+            let mut template = Cell::new(0x8000_0001, CellCommand::Relay);
+            template.body_mut().fill(0x5a);
+            let start = (Instant::now(), cpu_seconds());
+            for i in 0..cells {
+                let mut c = Cell::from_slice(template.as_bytes()).unwrap();
+                c.set_header(0x8000_0001 + (i % circuits) as u32, CellCommand::Relay);
+                la.tx.send(c).await.unwrap();
+            }
+            // Keep this end (retransmissions, ACKs) running until the
+            // receiver has everything.
+            let _ = done_rx.await;
+            start
+        })
+    });
+    let (start, cpu0) = sender.join().unwrap();
+    let (end, cpu1) = receiver.join().unwrap();
+    Row {
+        name: format!("{}, one thread per end", kind.name()),
+        payload_bytes: cells * BODY_LEN as u64,
+        wall: end - start,
+        cpu: cpu1 - cpu0,
+    }
+}
+
 fn main() {
     let arg = |i: usize, default: u64| -> u64 {
         match std::env::args().nth(i) {
@@ -249,16 +392,16 @@ fn main() {
         }
     };
     let (mb, circuits) = (arg(1, 300), arg(2, 64));
+    let split = std::env::var("LINKBENCH_SPLIT").map_or(true, |v| v != "0");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async move {
-        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let cfg = LinkConfig::default();
         let (ia, ib) = (Identity::from_secret([1; 32]), Identity::from_secret([2; 32]));
-        println!("linkbench: {mb} MB of cells per link kind, one link, {circuits} circuits, 127.0.0.1, 2 tokio workers");
+        let runtime = if split { "link ends on one thread each" } else { "2 tokio workers" };
+        println!("linkbench: {mb} MB of cells per link kind, one link, {circuits} circuits, 127.0.0.1, {runtime}");
         println!("| {:<36} | Gbit/s   | CPU s/GB  | secs   |", "kind");
         println!("|---|---:|---:|---:|");
         // LINKBENCH_ONLY=quic (or udt, tcp, s2n, raw) runs one row group,
@@ -272,25 +415,31 @@ fn main() {
             raw_tcp(mb).await.print();
         }
         if run("tcp") {
-            let a: Arc<dyn Transport> = Arc::new(relay_link_tcp::TcpTransport::bind(any, &ia, cfg).await.unwrap());
-            let b: Arc<dyn Transport> = Arc::new(relay_link_tcp::TcpTransport::bind(any, &ib, cfg).await.unwrap());
-            link_run("tcp link", a, b, mb, circuits).await.print();
+            link_row(LinkKind::Tcp, &ia, &ib, mb, circuits, split).await.print();
         }
         if run("udt") {
-            let a: Arc<dyn Transport> = Arc::new(relay_link_udt::UdtTransport::bind(any, &ia, cfg).await.unwrap());
-            let b: Arc<dyn Transport> = Arc::new(relay_link_udt::UdtTransport::bind(any, &ib, cfg).await.unwrap());
-            link_run("udt link", a, b, mb, circuits).await.print();
+            link_row(LinkKind::Udt, &ia, &ib, mb, circuits, split).await.print();
         }
         if run("quic-raw") {
             quic_baseline::raw_quinn(mb, 1).await.print();
             if circuits > 1 {
                 quic_baseline::raw_quinn(mb, circuits as usize).await.print();
             }
+            if split {
+                let rows = tokio::task::spawn_blocking(move || {
+                    let mut rows = vec![quic_baseline::raw_quinn_split(mb, 1)];
+                    if circuits > 1 {
+                        rows.push(quic_baseline::raw_quinn_split(mb, circuits as usize));
+                    }
+                    rows
+                });
+                for r in rows.await.unwrap() {
+                    r.print();
+                }
+            }
         }
         if run("quic-link") {
-            let a: Arc<dyn Transport> = Arc::new(relay_link_quic::QuicTransport::bind(any, &ia, cfg).await.unwrap());
-            let b: Arc<dyn Transport> = Arc::new(relay_link_quic::QuicTransport::bind(any, &ib, cfg).await.unwrap());
-            link_run("quic link (quinn)", a, b, mb, circuits).await.print();
+            link_row(LinkKind::Quic, &ia, &ib, mb, circuits, split).await.print();
         }
         if run("s2n-raw") {
             quic_baseline::raw_s2n(mb, 1).await.print();
@@ -299,9 +448,7 @@ fn main() {
             }
         }
         if run("s2n-link") {
-            let a: Arc<dyn Transport> = Arc::new(relay_link_s2n::S2nTransport::bind(any, &ia, cfg).await.unwrap());
-            let b: Arc<dyn Transport> = Arc::new(relay_link_s2n::S2nTransport::bind(any, &ib, cfg).await.unwrap());
-            link_run("s2n link (s2n-quic)", a, b, mb, circuits).await.print();
+            link_row(LinkKind::S2n, &ia, &ib, mb, circuits, split).await.print();
         }
     });
 }
