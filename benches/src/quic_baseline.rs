@@ -134,6 +134,41 @@ fn name(lib: &str, streams: usize) -> String {
     }
 }
 
+/// Writes `total` bytes over `streams` new streams, round robin, and waits
+/// until the peer has them all.
+async fn quinn_write(conn: &quinn::Connection, total: u64, streams: usize) {
+    let mut out = Vec::new();
+    for _ in 0..streams {
+        out.push(conn.open_uni().await.unwrap());
+    }
+    for (i, c) in chunks(total, CHUNK / streams).enumerate() {
+        out[i % streams].write_chunk(c).await.unwrap();
+    }
+    for s in &mut out {
+        s.finish().unwrap();
+    }
+    for s in &mut out {
+        let _ = s.stopped().await;
+    }
+}
+
+/// Reads `streams` streams the peer opens to their ends; the bytes read.
+async fn quinn_read(conn: &quinn::Connection, streams: usize) -> u64 {
+    let mut readers = tokio::task::JoinSet::new();
+    for _ in 0..streams {
+        let mut r = conn.accept_uni().await.unwrap();
+        readers.spawn(async move {
+            let mut bufs = vec![Bytes::new(); 32];
+            let mut got = 0u64;
+            while let Some(n) = r.read_chunks(&mut bufs).await.unwrap() {
+                got += bufs[..n].iter().map(|b| b.len() as u64).sum::<u64>();
+            }
+            got
+        });
+    }
+    readers.join_all().await.iter().sum()
+}
+
 /// quinn with its default transport config (GSO/GRO and MTU discovery on).
 pub async fn raw_quinn(mb: u64, streams: usize) -> Row {
     let streams = streams.clamp(1, MAX_STREAMS);
@@ -168,34 +203,10 @@ pub async fn raw_quinn(mb: u64, streams: usize) -> Row {
     let cpu0 = cpu_seconds();
     let start = Instant::now();
     let writer = tokio::spawn(async move {
-        let mut out = Vec::new();
-        for _ in 0..streams {
-            out.push(dialled.open_uni().await.unwrap());
-        }
-        for (i, c) in chunks(total, CHUNK / streams).enumerate() {
-            out[i % streams].write_chunk(c).await.unwrap();
-        }
-        for s in &mut out {
-            s.finish().unwrap();
-        }
-        for s in &mut out {
-            let _ = s.stopped().await;
-        }
+        quinn_write(&dialled, total, streams).await;
         dialled
     });
-    let mut readers = tokio::task::JoinSet::new();
-    for _ in 0..streams {
-        let mut r = accepted.accept_uni().await.unwrap();
-        readers.spawn(async move {
-            let mut bufs = vec![Bytes::new(); 32];
-            let mut got = 0u64;
-            while let Some(n) = r.read_chunks(&mut bufs).await.unwrap() {
-                got += bufs[..n].iter().map(|b| b.len() as u64).sum::<u64>();
-            }
-            got
-        });
-    }
-    let got: u64 = readers.join_all().await.iter().sum();
+    let got = quinn_read(&accepted, streams).await;
     let wall = start.elapsed();
     let cpu = cpu_seconds() - cpu0;
     assert_eq!(got, total, "raw quinn lost bytes");
@@ -239,19 +250,7 @@ pub fn raw_quinn_split(mb: u64, streams: usize) -> Row {
             .unwrap();
             addr_tx.send(server.local_addr().unwrap()).unwrap();
             let conn = server.accept().await.unwrap().await.unwrap();
-            let mut readers = tokio::task::JoinSet::new();
-            for _ in 0..streams {
-                let mut r = conn.accept_uni().await.unwrap();
-                readers.spawn(async move {
-                    let mut bufs = vec![Bytes::new(); 32];
-                    let mut got = 0u64;
-                    while let Some(n) = r.read_chunks(&mut bufs).await.unwrap() {
-                        got += bufs[..n].iter().map(|b| b.len() as u64).sum::<u64>();
-                    }
-                    got
-                });
-            }
-            let got: u64 = readers.join_all().await.iter().sum();
+            let got = quinn_read(&conn, streams).await;
             let end = (Instant::now(), cpu_seconds());
             // The client closes once its streams are acknowledged.
             let _ = conn.closed().await;
@@ -273,19 +272,7 @@ pub fn raw_quinn_split(mb: u64, streams: usize) -> Row {
             let addr = addr_rx.await.unwrap();
             let conn = client.connect(addr, "bench").unwrap().await.unwrap();
             let start = (Instant::now(), cpu_seconds());
-            let mut out = Vec::new();
-            for _ in 0..streams {
-                out.push(conn.open_uni().await.unwrap());
-            }
-            for (i, c) in chunks(total, CHUNK / streams).enumerate() {
-                out[i % streams].write_chunk(c).await.unwrap();
-            }
-            for s in &mut out {
-                s.finish().unwrap();
-            }
-            for s in &mut out {
-                let _ = s.stopped().await;
-            }
+            quinn_write(&conn, total, streams).await;
             conn.close(0u32.into(), b"done");
             client.wait_idle().await;
             start

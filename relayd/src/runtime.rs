@@ -9,9 +9,12 @@
 //! lock, so extra workers only run link crypto and socket calls beside it.
 //!
 //! Measured with chainbench (four relayd processes and a plain chain on a
-//! 2-core host, tcp links; docs/benchmarks.md, "One thread per relayd"):
-//! one thread gave 1.18-1.24x the throughput of two workers at 0.88-0.90x
-//! the CPU per GB. `--threads N` (or `threads = N` in the config) gives N
+//! 2-core host; docs/benchmarks.md, "One thread per relayd"): one thread
+//! gave 1.10-1.24x the throughput of two workers at 0.87-0.91x the CPU per
+//! GB with tcp links, and 1.08-1.10x with udt and quic links. A multi-thread
+//! runtime with one worker gained almost nothing (1.03x): the daemon's main
+//! future runs on the thread that blocks on it, so cells still changed
+//! threads. `--threads N` (or `threads = N` in the config) gives N
 //! workers, for a host with cores to spare beside one busy relay; that case
 //! is not measured here.
 

@@ -66,6 +66,30 @@ impl Row {
     }
 }
 
+/// Sends `cells` cells round robin over `circuits` circuits (64 by
+/// default, as a busy relay link would carry).
+async fn send_cells(tx: &relay_link::LinkSender, cells: u64, circuits: u64) {
+    let mut template = Cell::new(0x8000_0001, CellCommand::Relay);
+    template.body_mut().fill(0x5a);
+    for i in 0..cells {
+        let mut c = Cell::from_slice(template.as_bytes()).unwrap();
+        c.set_header(0x8000_0001 + (i % circuits) as u32, CellCommand::Relay);
+        tx.send(c).await.unwrap();
+    }
+}
+
+/// Receives `cells` cells.
+async fn receive_cells(rx: &mut relay_link::LinkReceiver, cells: u64) {
+    let mut got = 0;
+    let mut batch = Vec::with_capacity(256);
+    while got < cells {
+        let n = rx.recv_many(&mut batch, 256).await;
+        assert!(n > 0, "link closed");
+        got += n as u64;
+        batch.clear();
+    }
+}
+
 async fn link_run(
     name: &str,
     a: Arc<dyn Transport>,
@@ -79,28 +103,11 @@ async fn link_run(
     );
     let (la, mut lb) = (la.expect("connect"), lb.expect("accept"));
     let cells = mb * 1_000_000 / CELL_LEN as u64;
-    let mut template = Cell::new(0x8000_0001, CellCommand::Relay);
-    template.body_mut().fill(0x5a);
     let cpu0 = cpu_seconds();
     let start = Instant::now();
     let tx = la.tx.clone();
-    let sender = tokio::spawn(async move {
-        for i in 0..cells {
-            let mut c = Cell::from_slice(template.as_bytes()).unwrap();
-            // Round robin over the circuits (64 by default, as a busy
-            // relay link would carry).
-            c.set_header(0x8000_0001 + (i % circuits) as u32, CellCommand::Relay);
-            tx.send(c).await.unwrap();
-        }
-    });
-    let mut got = 0;
-    let mut batch = Vec::with_capacity(256);
-    while got < cells {
-        let n = lb.rx.recv_many(&mut batch, 256).await;
-        assert!(n > 0, "link closed");
-        got += n as u64;
-        batch.clear();
-    }
+    let sender = tokio::spawn(async move { send_cells(&tx, cells, circuits).await });
+    receive_cells(&mut lb.rx, cells).await;
     let wall = start.elapsed();
     let cpu = cpu_seconds() - cpu0;
     sender.await.unwrap();
@@ -288,27 +295,16 @@ impl LinkKind {
     async fn bind(self, id: &Identity) -> Arc<dyn Transport> {
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let cfg = LinkConfig::default();
+        fn shared<T: Transport + 'static>(
+            t: Result<T, relay_link::LinkError>,
+        ) -> Arc<dyn Transport> {
+            Arc::new(t.unwrap())
+        }
         match self {
-            LinkKind::Tcp => Arc::new(
-                relay_link_tcp::TcpTransport::bind(any, id, cfg)
-                    .await
-                    .unwrap(),
-            ),
-            LinkKind::Udt => Arc::new(
-                relay_link_udt::UdtTransport::bind(any, id, cfg)
-                    .await
-                    .unwrap(),
-            ),
-            LinkKind::Quic => Arc::new(
-                relay_link_quic::QuicTransport::bind(any, id, cfg)
-                    .await
-                    .unwrap(),
-            ),
-            LinkKind::S2n => Arc::new(
-                relay_link_s2n::S2nTransport::bind(any, id, cfg)
-                    .await
-                    .unwrap(),
-            ),
+            LinkKind::Tcp => shared(relay_link_tcp::TcpTransport::bind(any, id, cfg).await),
+            LinkKind::Udt => shared(relay_link_udt::UdtTransport::bind(any, id, cfg).await),
+            LinkKind::Quic => shared(relay_link_quic::QuicTransport::bind(any, id, cfg).await),
+            LinkKind::S2n => shared(relay_link_s2n::S2nTransport::bind(any, id, cfg).await),
         }
     }
 }
@@ -337,14 +333,7 @@ fn split_link_run(kind: LinkKind, mb: u64, circuits: u64) -> Row {
             let b = kind.bind(&ib).await;
             addr_tx.send(b.local_addr()).unwrap();
             let mut lb = b.accept().await.expect("accept");
-            let mut got = 0;
-            let mut batch = Vec::with_capacity(256);
-            while got < cells {
-                let n = lb.rx.recv_many(&mut batch, 256).await;
-                assert!(n > 0, "link closed");
-                got += n as u64;
-                batch.clear();
-            }
+            receive_cells(&mut lb.rx, cells).await;
             let end = (Instant::now(), cpu_seconds());
             let _ = done_tx.send(());
             end
@@ -357,14 +346,8 @@ fn split_link_run(kind: LinkKind, mb: u64, circuits: u64) -> Row {
                 .connect(addr_rx.await.unwrap(), peer)
                 .await
                 .expect("connect");
-            let mut template = Cell::new(0x8000_0001, CellCommand::Relay);
-            template.body_mut().fill(0x5a);
             let start = (Instant::now(), cpu_seconds());
-            for i in 0..cells {
-                let mut c = Cell::from_slice(template.as_bytes()).unwrap();
-                c.set_header(0x8000_0001 + (i % circuits) as u32, CellCommand::Relay);
-                la.tx.send(c).await.unwrap();
-            }
+            send_cells(&la.tx, cells, circuits).await;
             // Keep this end (retransmissions, ACKs) running until the
             // receiver has everything.
             let _ = done_rx.await;
