@@ -169,31 +169,41 @@ async fn quinn_read(conn: &quinn::Connection, streams: usize) -> u64 {
     readers.join_all().await.iter().sum()
 }
 
-/// quinn with its default transport config (GSO/GRO and MTU discovery on).
-pub async fn raw_quinn(mb: u64, streams: usize) -> Row {
-    let streams = streams.clamp(1, MAX_STREAMS);
-    use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-    let (server_tls, client_tls) = tls_configs();
-    let server_cfg =
-        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server_tls).unwrap()));
-    let runtime = Arc::new(quinn::TokioRuntime);
-    let server = quinn::Endpoint::new(
+/// A quinn server endpoint on a fresh loopback socket (must be called
+/// inside the runtime that will drive it).
+fn quinn_server(tls: rustls::ServerConfig) -> quinn::Endpoint {
+    use quinn::crypto::rustls::QuicServerConfig;
+    let cfg = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls).unwrap()));
+    quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
-        Some(server_cfg),
+        Some(cfg),
         udp_socket(),
-        runtime.clone(),
+        Arc::new(quinn::TokioRuntime),
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// A quinn client endpoint on a fresh loopback socket.
+fn quinn_client(tls: rustls::ClientConfig) -> quinn::Endpoint {
+    use quinn::crypto::rustls::QuicClientConfig;
     let mut client = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         None,
         udp_socket(),
-        runtime,
+        Arc::new(quinn::TokioRuntime),
     )
     .unwrap();
     client.set_default_client_config(quinn::ClientConfig::new(Arc::new(
-        QuicClientConfig::try_from(client_tls).unwrap(),
+        QuicClientConfig::try_from(tls).unwrap(),
     )));
+    client
+}
+
+/// quinn with its default transport config (GSO/GRO and MTU discovery on).
+pub async fn raw_quinn(mb: u64, streams: usize) -> Row {
+    let streams = streams.clamp(1, MAX_STREAMS);
+    let (server_tls, client_tls) = tls_configs();
+    let (server, client) = (quinn_server(server_tls), quinn_client(client_tls));
     let server_addr: SocketAddr = server.local_addr().unwrap();
     let (dialled, accepted) = tokio::join!(
         async { client.connect(server_addr, "bench").unwrap().await.unwrap() },
@@ -225,7 +235,6 @@ pub async fn raw_quinn(mb: u64, streams: usize) -> Row {
 /// runtime (the client writing, the server reading), as linkbench runs its
 /// link rows by default.
 pub fn raw_quinn_split(mb: u64, streams: usize) -> Row {
-    use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
     let streams = streams.clamp(1, MAX_STREAMS);
     let total = mb * 1_000_000;
     let (server_tls, client_tls) = tls_configs();
@@ -238,16 +247,7 @@ pub fn raw_quinn_split(mb: u64, streams: usize) -> Row {
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
     let reader = std::thread::spawn(move || {
         runtime().block_on(async move {
-            let cfg = quinn::ServerConfig::with_crypto(Arc::new(
-                QuicServerConfig::try_from(server_tls).unwrap(),
-            ));
-            let server = quinn::Endpoint::new(
-                quinn::EndpointConfig::default(),
-                Some(cfg),
-                udp_socket(),
-                Arc::new(quinn::TokioRuntime),
-            )
-            .unwrap();
+            let server = quinn_server(server_tls);
             addr_tx.send(server.local_addr().unwrap()).unwrap();
             let conn = server.accept().await.unwrap().await.unwrap();
             let got = quinn_read(&conn, streams).await;
@@ -259,16 +259,7 @@ pub fn raw_quinn_split(mb: u64, streams: usize) -> Row {
     });
     let writer = std::thread::spawn(move || {
         runtime().block_on(async move {
-            let mut client = quinn::Endpoint::new(
-                quinn::EndpointConfig::default(),
-                None,
-                udp_socket(),
-                Arc::new(quinn::TokioRuntime),
-            )
-            .unwrap();
-            client.set_default_client_config(quinn::ClientConfig::new(Arc::new(
-                QuicClientConfig::try_from(client_tls).unwrap(),
-            )));
+            let client = quinn_client(client_tls);
             let addr = addr_rx.await.unwrap();
             let conn = client.connect(addr, "bench").unwrap().await.unwrap();
             let start = (Instant::now(), cpu_seconds());

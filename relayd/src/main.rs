@@ -173,9 +173,10 @@ fn parse_all<T>(
         .collect()
 }
 
-fn options(mut a: RunArgs) -> Result<RunOptions, Usage> {
-    if let Some(path) = &a.config {
-        let c = Config::load(path).map_err(|e| Usage(e.to_string()))?;
+/// The daemon's options from the flags and, for `run --config`, the file
+/// `main` already loaded.
+fn options(mut a: RunArgs, config: Option<Config>) -> Result<RunOptions, Usage> {
+    if let Some(c) = config {
         merge(&mut a, c);
     }
     let listen = parse_all("--listen", &a.listen, |s| {
@@ -273,13 +274,16 @@ fn merge(a: &mut RunArgs, c: Config) {
     a.act_as_tracker |= c.act_as_tracker;
 }
 
-/// The config file `run --config` names, read before the runtime and the
-/// logger start (for `threads` and `log`); a file that does not load is
-/// reported once the command runs.
-fn early_config(cmd: &Command) -> Option<Config> {
+/// The config file `run --config` names, read once, before the runtime and
+/// the logger start (it sets `threads` and `log`).
+fn load_config(cmd: &Command) -> Result<Option<Config>, Usage> {
     match cmd {
-        Command::Run(a) => a.config.as_ref().and_then(|p| Config::load(p).ok()),
-        _ => None,
+        Command::Run(RunArgs {
+            config: Some(path), ..
+        }) => Config::load(path)
+            .map(Some)
+            .map_err(|e| Usage(e.to_string())),
+        _ => Ok(None),
     }
 }
 
@@ -310,11 +314,12 @@ fn init_logging(verbose: u8, config_filter: Option<String>) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = early_config(&cli.command);
-    init_logging(cli.verbose, config.as_ref().and_then(|c| c.log.clone()));
-    let threads = match runtime_threads(cli.threads.as_deref(), config.as_ref()) {
-        Ok(n) => n,
-        Err(Usage(msg)) => {
+    let config = load_config(&cli.command);
+    let loaded = config.as_ref().ok().and_then(Option::as_ref);
+    init_logging(cli.verbose, loaded.and_then(|c| c.log.clone()));
+    let (threads, config) = match (runtime_threads(cli.threads.as_deref(), loaded), config) {
+        (Ok(n), Ok(config)) => (n, config),
+        (Err(Usage(msg)), _) | (_, Err(Usage(msg))) => {
             eprintln!("relayd: {msg}");
             return ExitCode::from(2);
         }
@@ -326,7 +331,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(run_command(cli.command)) {
+    match rt.block_on(run_command(cli.command, config)) {
         Ok(code) => ExitCode::from(code),
         Err(Usage(msg)) => {
             eprintln!("relayd: {msg}");
@@ -335,7 +340,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run_command(cmd: Command) -> Result<u8, Usage> {
+async fn run_command(cmd: Command, config: Option<Config>) -> Result<u8, Usage> {
     match cmd {
         Command::Keygen { dir } => {
             let (keys, created) = Keys::load_or_create(&dir).map_err(|e| Usage(e.to_string()))?;
@@ -352,7 +357,7 @@ async fn run_command(cmd: Command) -> Result<u8, Usage> {
             println!("{}", keys.node_id());
             Ok(0)
         }
-        Command::Run(args) => serve(options(args)?).await,
+        Command::Run(args) => serve(options(args, config)?).await,
         Command::Tunnel { spec, client } => {
             let args = RunArgs {
                 dir: client.dir,
@@ -365,7 +370,7 @@ async fn run_command(cmd: Command) -> Result<u8, Usage> {
                 link_idle_timeout: 8,
                 ..RunArgs::default()
             };
-            serve(options(args)?).await
+            serve(options(args, None)?).await
         }
         Command::Proxy { spec, client } => {
             let args = RunArgs {
@@ -378,7 +383,7 @@ async fn run_command(cmd: Command) -> Result<u8, Usage> {
                 link_idle_timeout: 8,
                 ..RunArgs::default()
             };
-            serve(options(args)?).await
+            serve(options(args, None)?).await
         }
         Command::Ctl {
             dir,

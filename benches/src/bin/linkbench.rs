@@ -90,6 +90,14 @@ async fn receive_cells(rx: &mut relay_link::LinkReceiver, cells: u64) {
     }
 }
 
+/// The two ends' identities: the sender's, the receiver's.
+fn identities() -> (Identity, Identity) {
+    (
+        Identity::from_secret([1; 32]),
+        Identity::from_secret([2; 32]),
+    )
+}
+
 async fn link_run(
     name: &str,
     a: Arc<dyn Transport>,
@@ -98,7 +106,7 @@ async fn link_run(
     circuits: u64,
 ) -> Row {
     let (la, lb) = tokio::join!(
-        a.connect(b.local_addr(), Identity::from_secret([2; 32]).node_id()),
+        a.connect(b.local_addr(), identities().1.node_id()),
         b.accept()
     );
     let (la, mut lb) = (la.expect("connect"), lb.expect("accept"));
@@ -121,21 +129,15 @@ async fn link_run(
 }
 
 /// A link row in the mode asked for.
-async fn link_row(
-    kind: LinkKind,
-    ia: &Identity,
-    ib: &Identity,
-    mb: u64,
-    circuits: u64,
-    split: bool,
-) -> Row {
+async fn link_row(kind: LinkKind, mb: u64, circuits: u64, split: bool) -> Row {
     if split {
         // Its own threads and runtimes; this runtime only waits.
         return tokio::task::spawn_blocking(move || split_link_run(kind, mb, circuits))
             .await
             .unwrap();
     }
-    let (a, b) = (kind.bind(ia).await, kind.bind(ib).await);
+    let (ia, ib) = identities();
+    let (a, b) = (kind.bind(&ia).await, kind.bind(&ib).await);
     link_run(kind.name(), a, b, mb, circuits).await
 }
 
@@ -320,10 +322,7 @@ fn current_thread() -> tokio::runtime::Runtime {
 /// runtime: the sender's end (and the harness feeding it) on one, the
 /// receiver's on the other.
 fn split_link_run(kind: LinkKind, mb: u64, circuits: u64) -> Row {
-    let (ia, ib) = (
-        Identity::from_secret([1; 32]),
-        Identity::from_secret([2; 32]),
-    );
+    let (ia, ib) = identities();
     let peer = ib.node_id();
     let cells = mb * 1_000_000 / CELL_LEN as u64;
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
@@ -382,7 +381,6 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let (ia, ib) = (Identity::from_secret([1; 32]), Identity::from_secret([2; 32]));
         let runtime = if split { "link ends on one thread each" } else { "2 tokio workers" };
         println!("linkbench: {mb} MB of cells per link kind, one link, {circuits} circuits, 127.0.0.1, {runtime}");
         println!("| {:<36} | Gbit/s   | CPU s/GB  | secs   |", "kind");
@@ -398,10 +396,10 @@ fn main() {
             raw_tcp(mb).await.print();
         }
         if run("tcp") {
-            link_row(LinkKind::Tcp, &ia, &ib, mb, circuits, split).await.print();
+            link_row(LinkKind::Tcp, mb, circuits, split).await.print();
         }
         if run("udt") {
-            link_row(LinkKind::Udt, &ia, &ib, mb, circuits, split).await.print();
+            link_row(LinkKind::Udt, mb, circuits, split).await.print();
         }
         if run("quic-raw") {
             quic_baseline::raw_quinn(mb, 1).await.print();
@@ -422,7 +420,7 @@ fn main() {
             }
         }
         if run("quic-link") {
-            link_row(LinkKind::Quic, &ia, &ib, mb, circuits, split).await.print();
+            link_row(LinkKind::Quic, mb, circuits, split).await.print();
         }
         if run("s2n-raw") {
             quic_baseline::raw_s2n(mb, 1).await.print();
@@ -431,7 +429,7 @@ fn main() {
             }
         }
         if run("s2n-link") {
-            link_row(LinkKind::S2n, &ia, &ib, mb, circuits, split).await.print();
+            link_row(LinkKind::S2n, mb, circuits, split).await.print();
         }
     });
 }
