@@ -42,7 +42,7 @@ use relay_kernel::crypto::onion::{outbound_room, KEY_MATERIAL_LEN};
 #[cfg(feature = "aws-lc")]
 use relay_kernel::crypto::x25519::AwsLcX25519;
 use relay_kernel::crypto::x25519::{DalekEdwardsX25519, DalekX25519, DefaultX25519, X25519Key};
-use relay_kernel::crypto::{ClientOnion, HopKeys, RelayHop};
+use relay_kernel::crypto::{CellStream, ClientOnion, HopKeys, Keystream, RelayHop};
 use relay_kernel::handshake::{self, ClientHandshake};
 use relay_kernel::{NodeId, OnionKeypair, BODY_LEN};
 use x25519_dalek::{PublicKey, StaticSecret};
@@ -451,6 +451,27 @@ fn baseline_ops(clock: Clock, inp: &Inputs) -> Vec<Op<'_>> {
                         *d ^= k;
                     }
                 }
+            }
+        }),
+        // The kernel's two keystream paths over a whole cell, in the same
+        // run: `CellStream` (what inbound layers use: aws-lc's AES-CTR with
+        // the `aws-lc` feature) and the portable `Keystream` (the `aes` crate).
+        Op::repeated("baseline/kernel_cellstream_509", clock, n, {
+            let ks = CellStream::new(&KEY);
+            let mut data = body_pattern();
+            let mut ctr = 0u64;
+            move || {
+                ctr += 1;
+                ks.xor(ctr, black_box(&mut data));
+            }
+        }),
+        Op::repeated("baseline/kernel_portable_keystream_509", clock, n, {
+            let ks = Keystream::new(&KEY);
+            let mut data = body_pattern();
+            let mut ctr = 0u64;
+            move || {
+                ctr += 1;
+                ks.xor_at(ctr, 0, black_box(&mut data));
             }
         }),
     ];

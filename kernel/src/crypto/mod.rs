@@ -8,6 +8,6 @@ pub mod onion;
 pub mod x25519;
 
 pub use aead::{CellAead, DefaultAead, RingGcm, RustCryptoGcm};
-pub use keystream::Keystream;
+pub use keystream::{CellStream, Keystream};
 pub use onion::{ClientOnion, HopKeys, RelayHop};
 pub use x25519::{DefaultX25519, X25519Key};

@@ -18,7 +18,7 @@
 //! argument for each security property.
 
 use super::aead::{CellAead, DefaultAead, KEY_LEN, TAG_LEN};
-use super::keystream::{Block, Keystream};
+use super::keystream::{Block, CellStream, Keystream};
 use crate::cell::BODY_LEN;
 use crate::error::CryptoError;
 
@@ -89,7 +89,7 @@ fn split_tag(body: &mut [u8]) -> Result<([u8; TAG_LEN], &mut [u8]), CryptoError>
 pub struct RelayHop {
     forward: DefaultAead,
     pad: Keystream,
-    back_layer: Keystream,
+    back_layer: CellStream,
     back_seal: DefaultAead,
     forward_ctr: u64,
     back_layer_ctr: u64,
@@ -109,7 +109,7 @@ impl RelayHop {
         Ok(RelayHop {
             forward: DefaultAead::new(&keys.forward)?,
             pad: Keystream::new(&keys.pad),
-            back_layer: Keystream::new(&keys.back_layer),
+            back_layer: CellStream::new(&keys.back_layer),
             back_seal: DefaultAead::new(&keys.back_seal)?,
             forward_ctr: 0,
             back_layer_ctr: 0,
@@ -171,7 +171,7 @@ impl RelayHop {
 
     /// Adds this hop's layer to a cell travelling towards the client.
     pub fn layer_inbound(&mut self, body: &mut [u8]) {
-        self.back_layer.xor_at(self.back_layer_ctr, 0, body);
+        self.back_layer.xor(self.back_layer_ctr, body);
         self.back_layer_ctr += 1;
     }
 
@@ -196,7 +196,7 @@ struct ClientHop {
     forward: DefaultAead,
     forward_stream: Keystream,
     pad: Keystream,
-    back_layer: Keystream,
+    back_layer: CellStream,
     back_seal: DefaultAead,
     forward_ctr: u64,
     back_layer_ctr: u64,
@@ -263,7 +263,7 @@ impl ClientOnion {
             forward: DefaultAead::new(&keys.forward)?,
             forward_stream: Keystream::new(&keys.forward),
             pad: Keystream::new(&keys.pad),
-            back_layer: Keystream::new(&keys.back_layer),
+            back_layer: CellStream::new(&keys.back_layer),
             back_seal: DefaultAead::new(&keys.back_seal)?,
             forward_ctr: 0,
             back_layer_ctr: 0,
@@ -419,7 +419,7 @@ impl ClientOnion {
             return Err(CryptoError::BadLength);
         }
         for hop in &self.hops[..origin - 1] {
-            hop.back_layer.xor_at(hop.back_layer_ctr, 0, body);
+            hop.back_layer.xor(hop.back_layer_ctr, body);
         }
         let (tag, sealed) = split_tag(body)?;
         let hop = &self.hops[origin - 1];
