@@ -197,6 +197,21 @@ fn keys(seed: u8) -> HopKeys {
     HopKeys::from_material(&material(seed))
 }
 
+/// One whole-cell keystream per call, on fresh counters, over a 509-byte body.
+fn whole_cell_keystream<'a>(
+    id: &'static str,
+    clock: Clock,
+    n: u64,
+    xor: impl Fn(u64, &mut [u8]) + 'a,
+) -> Op<'a> {
+    let mut data = body_pattern();
+    let mut ctr = 0u64;
+    Op::repeated(id, clock, n, move || {
+        ctr += 1;
+        xor(ctr, black_box(&mut data));
+    })
+}
+
 fn body_pattern() -> Body {
     let mut b = [0u8; BODY_LEN];
     for (i, x) in b.iter_mut().enumerate() {
@@ -456,23 +471,13 @@ fn baseline_ops(clock: Clock, inp: &Inputs) -> Vec<Op<'_>> {
         // The kernel's two keystream paths over a whole cell, in the same
         // run: `CellStream` (what inbound layers use: aws-lc's AES-CTR with
         // the `aws-lc` feature) and the portable `Keystream` (the `aes` crate).
-        Op::repeated("baseline/kernel_cellstream_509", clock, n, {
+        whole_cell_keystream("baseline/kernel_cellstream_509", clock, n, {
             let ks = CellStream::new(&KEY);
-            let mut data = body_pattern();
-            let mut ctr = 0u64;
-            move || {
-                ctr += 1;
-                ks.xor(ctr, black_box(&mut data));
-            }
+            move |ctr, body| ks.xor(ctr, body)
         }),
-        Op::repeated("baseline/kernel_portable_keystream_509", clock, n, {
+        whole_cell_keystream("baseline/kernel_portable_keystream_509", clock, n, {
             let ks = Keystream::new(&KEY);
-            let mut data = body_pattern();
-            let mut ctr = 0u64;
-            move || {
-                ctr += 1;
-                ks.xor_at(ctr, 0, black_box(&mut data));
-            }
+            move |ctr, body| ks.xor_at(ctr, 0, body)
         }),
     ];
     ops.extend(via_trait::<RingGcm>(
