@@ -171,9 +171,13 @@ async fn quinn_read(conn: &quinn::Connection, streams: usize) -> u64 {
 
 /// A quinn server endpoint on a fresh loopback socket (must be called
 /// inside the runtime that will drive it).
-fn quinn_server(tls: rustls::ServerConfig) -> quinn::Endpoint {
+fn quinn_server(tls: rustls::ServerConfig, mtu_ceiling: Option<u16>) -> quinn::Endpoint {
     use quinn::crypto::rustls::QuicServerConfig;
-    let cfg = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls).unwrap()));
+    let mut cfg =
+        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls).unwrap()));
+    if let Some(t) = transport(mtu_ceiling) {
+        cfg.transport_config(t);
+    }
     quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(cfg),
@@ -183,8 +187,20 @@ fn quinn_server(tls: rustls::ServerConfig) -> quinn::Endpoint {
     .unwrap()
 }
 
+/// quinn's transport config with MTU discovery searching up to
+/// `mtu_ceiling` bytes of UDP payload (None: quinn's defaults, whose
+/// search stops at 1,452).
+fn transport(mtu_ceiling: Option<u16>) -> Option<Arc<quinn::TransportConfig>> {
+    let ceiling = mtu_ceiling?;
+    let mut mtud = quinn::MtuDiscoveryConfig::default();
+    mtud.upper_bound(ceiling);
+    let mut t = quinn::TransportConfig::default();
+    t.mtu_discovery_config(Some(mtud));
+    Some(Arc::new(t))
+}
+
 /// A quinn client endpoint on a fresh loopback socket.
-fn quinn_client(tls: rustls::ClientConfig) -> quinn::Endpoint {
+fn quinn_client(tls: rustls::ClientConfig, mtu_ceiling: Option<u16>) -> quinn::Endpoint {
     use quinn::crypto::rustls::QuicClientConfig;
     let mut client = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
@@ -193,9 +209,11 @@ fn quinn_client(tls: rustls::ClientConfig) -> quinn::Endpoint {
         Arc::new(quinn::TokioRuntime),
     )
     .unwrap();
-    client.set_default_client_config(quinn::ClientConfig::new(Arc::new(
-        QuicClientConfig::try_from(tls).unwrap(),
-    )));
+    let mut cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
+    if let Some(t) = transport(mtu_ceiling) {
+        cfg.transport_config(t);
+    }
+    client.set_default_client_config(cfg);
     client
 }
 
@@ -203,7 +221,10 @@ fn quinn_client(tls: rustls::ClientConfig) -> quinn::Endpoint {
 pub async fn raw_quinn(mb: u64, streams: usize) -> Row {
     let streams = streams.clamp(1, MAX_STREAMS);
     let (server_tls, client_tls) = tls_configs();
-    let (server, client) = (quinn_server(server_tls), quinn_client(client_tls));
+    let (server, client) = (
+        quinn_server(server_tls, None),
+        quinn_client(client_tls, None),
+    );
     let server_addr: SocketAddr = server.local_addr().unwrap();
     let (dialled, accepted) = tokio::join!(
         async { client.connect(server_addr, "bench").unwrap().await.unwrap() },
@@ -233,8 +254,9 @@ pub async fn raw_quinn(mb: u64, streams: usize) -> Row {
 
 /// [`raw_quinn`] with each endpoint on its own thread and current-thread
 /// runtime (the client writing, the server reading), as linkbench runs its
-/// link rows by default.
-pub fn raw_quinn_split(mb: u64, streams: usize) -> Row {
+/// link rows by default; `mtu_ceiling` lets quinn's MTU discovery search
+/// up to that many bytes (as far as udt's), None keeps quinn's 1,452.
+pub fn raw_quinn_split(mb: u64, streams: usize, mtu_ceiling: Option<u16>) -> Row {
     let streams = streams.clamp(1, MAX_STREAMS);
     let total = mb * 1_000_000;
     let (server_tls, client_tls) = tls_configs();
@@ -247,7 +269,7 @@ pub fn raw_quinn_split(mb: u64, streams: usize) -> Row {
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
     let reader = std::thread::spawn(move || {
         runtime().block_on(async move {
-            let server = quinn_server(server_tls);
+            let server = quinn_server(server_tls, mtu_ceiling);
             addr_tx.send(server.local_addr().unwrap()).unwrap();
             let conn = server.accept().await.unwrap().await.unwrap();
             let got = quinn_read(&conn, streams).await;
@@ -259,7 +281,7 @@ pub fn raw_quinn_split(mb: u64, streams: usize) -> Row {
     });
     let writer = std::thread::spawn(move || {
         runtime().block_on(async move {
-            let client = quinn_client(client_tls);
+            let client = quinn_client(client_tls, mtu_ceiling);
             let addr = addr_rx.await.unwrap();
             let conn = client.connect(addr, "bench").unwrap().await.unwrap();
             let start = (Instant::now(), cpu_seconds());
@@ -272,8 +294,9 @@ pub fn raw_quinn_split(mb: u64, streams: usize) -> Row {
     let (start, cpu0) = writer.join().unwrap();
     let (got, (end, cpu1)) = reader.join().unwrap();
     assert_eq!(got, total, "raw quinn lost bytes");
+    let mtu = mtu_ceiling.map_or(String::new(), |c| format!(", MTU search to {c}"));
     Row {
-        name: format!("{}, one thread per end", name("quinn", streams)),
+        name: format!("{}, one thread per end{mtu}", name("quinn", streams)),
         payload_bytes: got,
         wall: end - start,
         cpu: cpu1 - cpu0,

@@ -414,10 +414,14 @@ fn main() {
             }
             if split {
                 let rows = tokio::task::spawn_blocking(move || {
-                    let mut rows = vec![quic_baseline::raw_quinn_split(mb, 1)];
+                    let mut rows = vec![quic_baseline::raw_quinn_split(mb, 1, None)];
                     if circuits > 1 {
-                        rows.push(quic_baseline::raw_quinn_split(mb, circuits as usize));
+                        rows.push(quic_baseline::raw_quinn_split(mb, circuits as usize, None));
                     }
+                    // The same search ceiling as udt's, for a like-for-like
+                    // row on loopback.
+                    let ceiling = relay_link_udt::PROBE_CEILING as u16;
+                    rows.push(quic_baseline::raw_quinn_split(mb, 1, Some(ceiling)));
                     rows
                 });
                 for r in rows.await.unwrap() {

@@ -16,6 +16,9 @@
 //! when it left ([`crate::cc::rate`]), so every ACK yields a delivery-rate
 //! sample; a sender with nothing to send marks the samples app-limited.
 //!
+//! Datagrams start at `ConnConfig::max_datagram` and grow to the largest
+//! size the path is proven to carry ([`crate::mtu`]).
+//!
 //! Receiver: packet numbers seen are kept as ranges (duplicates and replays
 //! are dropped) and acknowledged, every second packet or after 1 ms. Each
 //! cell carries its circuit's sequence number on this link, so cells are put
@@ -33,6 +36,7 @@ use crate::blocks::Blocks;
 use crate::cc::rate::RateSampler;
 use crate::cc::{AckSample, Congestion, CongestionKind, Rtt};
 use crate::copies::{CellCopies, Slot};
+use crate::mtu::{MtuStats, PathMtu};
 use crate::packet::*;
 use crate::reorder::Reordering;
 use crate::sent::{InFlight, Sent};
@@ -52,8 +56,12 @@ enum Queued {
 /// Tunables for one connection.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnConfig {
-    /// Largest datagram we send.
+    /// Largest datagram we send before a larger size is proven (the
+    /// base size of datagram size discovery: it must fit every path).
     pub max_datagram: usize,
+    /// Largest datagram size discovery tries ([`crate::mtu`]); not above
+    /// `max_datagram` turns discovery off.
+    pub max_datagram_probe: usize,
     /// Cells the receiver holds for the node at most (flow control).
     pub recv_window_cells: u64,
     /// Close when nothing was heard for this long.
@@ -71,6 +79,7 @@ impl Default for ConnConfig {
     fn default() -> Self {
         ConnConfig {
             max_datagram: 1472,
+            max_datagram_probe: 1472,
             recv_window_cells: 32768,
             idle_timeout: 15_000_000_000,
             keepalive: 4_000_000_000,
@@ -237,6 +246,8 @@ pub struct Conn {
     pub retransmitted_cells: u64,
     /// Cells that left the queue for the first time since last asked.
     first_sent_since: u64,
+    /// Datagram size discovery.
+    mtu: PathMtu,
 }
 
 impl Conn {
@@ -297,6 +308,7 @@ impl Conn {
             echo_at: now,
             retransmitted_cells: 0,
             first_sent_since: 0,
+            mtu: PathMtu::new(config.max_datagram, config.max_datagram_probe),
         }
     }
 
@@ -389,6 +401,7 @@ impl Conn {
                     self.on_cell(seq, raw, blocks);
                 }
                 Frame::Ping => eliciting = true,
+                Frame::Padding(_) => {}
                 Frame::Close => {
                     eliciting = true;
                     if self.ended.is_none() {
@@ -488,7 +501,10 @@ impl Conn {
         let mut emptied = std::mem::take(&mut self.spare_cell_lists);
         let (rate, in_flight, copies) =
             (&mut self.rate, &mut self.bytes_in_flight, &mut self.copies);
+        let base = self.mtu.base();
+        let mut large_acked = false;
         self.sent.acknowledge(ranges, |pn, mut s| {
+            large_acked |= s.bytes > base;
             *in_flight -= s.bytes;
             acked_bytes += s.bytes;
             rate.on_packet_acked(now, s.bytes, &s.tx);
@@ -536,12 +552,17 @@ impl Conn {
             self.cc.on_ack(now, &sample, &self.rtt);
         }
         self.largest_acked = Some(self.largest_acked.map_or(largest, |l| l.max(largest)));
-        self.detect_losses(now);
+        self.mtu.on_ack(now, ranges, largest);
+        self.mtu.on_timer(now, self.rtt.pto());
+        let large_lost = self.detect_losses(now);
+        self.mtu.on_data_outcome(now, large_acked, large_lost);
     }
 
-    fn detect_losses(&mut self, now: Time) {
+    /// Declares packets lost and queues their cells again; true if one of
+    /// them was larger than the base datagram size.
+    fn detect_losses(&mut self, now: Time) -> bool {
         let Some(largest) = self.largest_acked else {
-            return;
+            return false;
         };
         let rtt = self.rtt.srtt.max(self.rtt.latest);
         // The holes below the largest acknowledged packet, oldest first;
@@ -559,14 +580,21 @@ impl Conn {
             }
         }
         if lost.is_empty() {
-            return;
+            return false;
         }
+        let base = self.mtu.base();
+        let mut large_lost = false;
         for &(pn, by_time) in &lost {
-            let cells = self.sent.get(pn).map_or(0, |s| s.cells.len());
+            let (cells, bytes) = self
+                .sent
+                .get(pn)
+                .map_or((0, 0), |s| (s.cells.len(), s.bytes));
+            large_lost |= bytes > base;
             self.reorder.declared_lost(pn, largest, by_time, cells);
         }
         let lost: Vec<u64> = lost.into_iter().map(|(pn, _)| pn).collect();
         self.requeue(now, &lost);
+        large_lost
     }
 
     /// Keeps an emptied per-packet cell list for the next packet (bounded),
@@ -648,7 +676,50 @@ impl Conn {
         if !self.sent.is_empty() && self.pto_count > 0 {
             t = t.min(self.last_send.plus_nanos(self.rtt.pto()));
         }
+        if self.may_probe() {
+            if let Some(at) = self.mtu.next_probe_at() {
+                t = t.min(at);
+            }
+        }
         t
+    }
+
+    /// Whether datagram size probes may leave: only while the connection
+    /// carries data. An idle link has nothing to gain from larger
+    /// datagrams, and a due probe would keep the endpoint asking it.
+    fn may_probe(&self) -> bool {
+        self.ended.is_none()
+            && !self.close_requested
+            && !(self.queue.is_empty() && self.sent.is_empty())
+    }
+
+    /// Builds a datagram size probe of `size` bytes into `out`: a PING
+    /// padded to the size, outside the congestion window and loss
+    /// recovery (see [`crate::mtu`]).
+    fn build_probe(&mut self, now: Time, size: usize, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        out.push(DATA);
+        out.extend_from_slice(&self.peer_cid.to_be_bytes());
+        out.extend_from_slice(&self.next_pn.to_be_bytes());
+        out.push(FRAME_PING);
+        out.push(FRAME_PADDING);
+        out.resize(size.saturating_sub(TAG_LEN).max(out.len()), 0);
+        let pn = self.next_pn;
+        self.next_pn += 1;
+        if self.seal.seal_after_header(pn, out, DATA_HEADER).is_err() {
+            return false;
+        }
+        self.mtu.on_probe_sent(now, pn, out.len());
+        true
+    }
+
+    /// The largest datagram to build now: the size discovery has proven,
+    /// cut to the congestion window's room but never below the base size
+    /// (the room `window_open` checks for), so a window smaller than one
+    /// large datagram still sends.
+    fn datagram_limit(&self) -> usize {
+        let room = self.cc.window().saturating_sub(self.bytes_in_flight);
+        self.mtu.current().min(room.max(self.config.max_datagram))
     }
 
     /// Until when a lone new cell waits for a second one to share its
@@ -725,8 +796,13 @@ impl Conn {
         if matches!(self.ended, Some(Ended::IdleTimeout)) {
             return false;
         }
+        if self.may_probe() {
+            if let Some(size) = self.mtu.probe_due(now) {
+                return self.build_probe(now, size, out);
+            }
+        }
         out.clear();
-        let limit = self.config.max_datagram - TAG_LEN;
+        let limit = self.datagram_limit() - TAG_LEN;
         out.push(DATA);
         out.extend_from_slice(&self.peer_cid.to_be_bytes());
         out.extend_from_slice(&self.next_pn.to_be_bytes());
@@ -888,6 +964,17 @@ impl Conn {
     fn pair_second_due(&self, now: Time) -> bool {
         self.pair_first
             .is_some_and(|(pn, at)| at == now && pn.checked_add(1) == Some(self.next_pn))
+    }
+
+    /// The largest datagram this connection may send now (its proven
+    /// size).
+    pub fn max_datagram(&self) -> usize {
+        self.mtu.current()
+    }
+
+    /// What datagram size discovery did so far.
+    pub fn mtu_stats(&self) -> MtuStats {
+        self.mtu.stats
     }
 
     /// Packets and cells retransmitted for nothing so far: declared lost,

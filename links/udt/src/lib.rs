@@ -14,6 +14,7 @@ pub mod conn;
 mod copies;
 pub mod endpoint;
 mod min_tree;
+pub mod mtu;
 pub mod packet;
 pub mod pathsim;
 pub mod reorder;
@@ -56,6 +57,11 @@ pub(crate) fn fast_map<K, V>(seed: u64) -> FastMap<K, V> {
 const SEND_CREDIT: usize = 2048;
 /// Most cells taken from one link's queue per poll.
 const TAKE_BATCH: usize = 256;
+/// The largest datagram size discovery tries on real sockets: a jumbo
+/// Ethernet frame's UDP payload (9,000 - 28 bytes), 17 cells. Loopback and
+/// jumbo-frame networks carry it; elsewhere the search settles at the
+/// largest size the path carries.
+pub const PROBE_CEILING: usize = 8972;
 
 struct Connect {
     addr: SocketAddr,
@@ -157,6 +163,7 @@ impl UdtTransport {
                 idle_timeout: config.idle_timeout.as_nanos() as u64,
                 keepalive: config.keepalive.as_nanos() as u64,
                 cc,
+                max_datagram_probe: PROBE_CEILING,
                 ..ConnConfig::default()
             },
             handshake_timeout: config.handshake_timeout.as_nanos() as u64,

@@ -71,6 +71,10 @@ pub const FRAME_CLOSE: u8 = 4;
 pub const FRAME_CAPACITY: u8 = 5;
 /// Marks the second packet of a packet pair.
 pub const FRAME_PAIR: u8 = 6;
+/// Padding: the rest of the packet, zero bytes, is ignored. It makes the
+/// datagram-size probes of [`crate::mtu`] as large as the size they test.
+/// (Zeros only, so the encoding stays canonical.)
+pub const FRAME_PADDING: u8 = 7;
 /// Encoded length of a CAPACITY frame.
 pub const CAPACITY_FRAME_LEN: usize = 9;
 
@@ -141,6 +145,9 @@ pub enum Frame<'a> {
     Capacity(u64),
     /// This packet left right behind the previous packet number.
     Pair,
+    /// Padding to the end of the packet: this many bytes after the type.
+    /// Only the last frame of a packet can be padding.
+    Padding(usize),
 }
 
 impl Frame<'_> {
@@ -168,6 +175,10 @@ impl Frame<'_> {
                 out.extend_from_slice(&c.to_be_bytes());
             }
             Frame::Pair => out.push(FRAME_PAIR),
+            Frame::Padding(n) => {
+                out.push(FRAME_PADDING);
+                out.resize(out.len() + n, 0);
+            }
         }
     }
 }
@@ -243,6 +254,12 @@ impl<'a> Iterator for Frames<'a> {
             FRAME_CLOSE => Some(Frame::Close),
             FRAME_CAPACITY => take(&mut self.buf, 8).map(|b| Frame::Capacity(u64_at(b))),
             FRAME_PAIR => Some(Frame::Pair),
+            FRAME_PADDING => {
+                let n = self.buf.len();
+                let zeros = self.buf.iter().all(|&b| b == 0);
+                self.buf = &[];
+                zeros.then_some(Frame::Padding(n))
+            }
             _ => None,
         })();
         match frame {
@@ -273,8 +290,19 @@ mod tests {
         out.push(FRAME_CAPACITY);
         out.extend_from_slice(&123_456u64.to_be_bytes());
         out.push(FRAME_PAIR);
+        // Padding ends the packet; it must be zeros.
+        out.push(FRAME_PADDING);
+        out.extend_from_slice(&[0, 0, 0]);
         let frames: Vec<_> = Frames::new(&out).collect();
-        assert_eq!(frames.len(), 5);
+        assert_eq!(frames.len(), 6);
+        assert_eq!(frames[5], Ok(Frame::Padding(3)));
+        let mut bad = vec![FRAME_PADDING, 0, FRAME_PING];
+        assert_eq!(Frames::new(&bad).collect::<Vec<_>>(), [Err(())]);
+        bad.truncate(1);
+        assert_eq!(
+            Frames::new(&bad).collect::<Vec<_>>(),
+            [Ok(Frame::Padding(0))]
+        );
         assert_eq!(frames[3], Ok(Frame::Capacity(123_456)));
         assert_eq!(frames[4], Ok(Frame::Pair));
         let Ok(Frame::Ack(ack)) = frames[0] else {
@@ -393,7 +421,10 @@ mod tests {
         /// the writers the connection uses (`write_ack`) and `Frame::write`
         /// agreeing.
         #[test]
-        fn frames_encode_and_decode(specs in proptest::collection::vec(spec(), 0..12)) {
+        fn frames_encode_and_decode(
+            specs in proptest::collection::vec(spec(), 0..12),
+            padding in proptest::option::of(0..3000usize),
+        ) {
             let cells: Vec<[u8; CELL_LEN]> = specs
                 .iter()
                 .map(|s| [if let Spec::Cell(_, f) = s { *f } else { 0 }; CELL_LEN])
@@ -421,9 +452,15 @@ mod tests {
                     Spec::Pair => by_writer.push(FRAME_PAIR),
                 }
             }
-            let parsed: Vec<Frame<'_>> = Frames::new(&by_writer)
+            if let Some(n) = padding {
+                by_writer.push(FRAME_PADDING);
+                by_writer.resize(by_writer.len() + n, 0);
+            }
+            let mut parsed: Vec<Frame<'_>> = Frames::new(&by_writer)
                 .collect::<Result<_, ()>>()
                 .map_err(|()| TestCaseError::fail("a written frame failed to parse"))?;
+            let pad = if padding.is_some() { parsed.pop() } else { None };
+            prop_assert_eq!(pad, padding.map(Frame::Padding));
             prop_assert_eq!(parsed.len(), specs.len());
             let mut by_write = Vec::new();
             for ((f, s), cell) in parsed.iter().zip(&specs).zip(&cells) {
@@ -443,6 +480,9 @@ mod tests {
                     (f, s) => prop_assert!(false, "{:?} parsed as {:?}", s, f),
                 }
                 f.write(&mut by_write);
+            }
+            if let Some(n) = padding {
+                Frame::Padding(n).write(&mut by_write);
             }
             prop_assert_eq!(by_write, by_writer);
         }

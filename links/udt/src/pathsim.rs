@@ -114,6 +114,9 @@ pub struct PathModel {
     pub duplicate: f64,
     /// Probability of an extra delay of up to 3 ms (reordering).
     pub reorder: f64,
+    /// Largest datagram the path carries (UDP payload bytes); larger
+    /// ones are dropped, as a router drops a packet above its MTU.
+    pub max_datagram: usize,
 }
 
 impl Default for PathModel {
@@ -127,6 +130,7 @@ impl Default for PathModel {
             burst: None,
             duplicate: 0.0,
             reorder: 0.0,
+            max_datagram: usize::MAX,
         }
     }
 }
@@ -147,8 +151,12 @@ pub struct Direction {
     pub drop_these: Vec<u64>,
     /// Datagrams offered.
     pub sent: u64,
-    /// Datagrams lost (queue overflow, loss, `drop_these`).
+    /// Datagrams lost (queue overflow, loss, `drop_these`, too large).
     pub lost: u64,
+    /// Largest datagram offered.
+    pub largest: usize,
+    /// Datagrams dropped for being larger than `model.max_datagram`.
+    pub too_large: u64,
 }
 
 impl Direction {
@@ -164,12 +172,20 @@ impl Direction {
             drop_these: Vec::new(),
             sent: 0,
             lost: 0,
+            largest: 0,
+            too_large: 0,
         }
     }
 
     fn send(&mut self, now: Time, dg: Vec<u8>, rng: &mut SimRng) {
         let index = self.sent;
         self.sent += 1;
+        self.largest = self.largest.max(dg.len());
+        if dg.len() > self.model.max_datagram {
+            self.too_large += 1;
+            self.lost += 1;
+            return;
+        }
         if self.drop_these.contains(&index) {
             self.lost += 1;
             return;
@@ -369,10 +385,11 @@ impl Sim {
     ) -> Result<(), PathSimError> {
         let mut sent: BTreeMap<u32, u32> = circuits.iter().map(|c| (*c, 0)).collect();
         let total = u64::from(per_circuit) * circuits.len() as u64;
-        while (self.deliveries.len() as u64) < total {
+        let before = self.deliveries.len() as u64;
+        while (self.deliveries.len() as u64) - before < total {
             if self.now.nanos() >= max_time {
                 return Err(PathSimError::Stalled {
-                    delivered: self.deliveries.len() as u64,
+                    delivered: self.deliveries.len() as u64 - before,
                     total,
                 });
             }

@@ -54,7 +54,7 @@ pub struct InFlight {
 
 /// Whether `pn` lies in one of `ranges` (inclusive, highest first, not
 /// overlapping).
-fn covered(ranges: &[(u64, u64)], pn: u64) -> bool {
+pub(crate) fn covered(ranges: &[(u64, u64)], pn: u64) -> bool {
     let i = ranges.partition_point(|&(lo, _)| lo > pn);
     ranges.get(i).is_some_and(|&(_, hi)| pn <= hi)
 }

@@ -68,8 +68,19 @@ impl BatchSocket {
 
     /// Sends one batch (several datagrams of `segment` bytes, the last
     /// possibly shorter), waiting while the socket buffer is full. Errors
-    /// other than a full buffer drop the batch: udt recovers it as loss.
+    /// other than a full buffer drop the datagram: udt recovers it as
+    /// loss. A batch that fails is sent again datagram by datagram, so one
+    /// datagram the path refuses (a size probe above the interface MTU
+    /// gets EMSGSIZE) does not take the others with it.
     pub(crate) async fn send(&self, to: SocketAddr, contents: &[u8], segment: usize) {
+        if self.send_one(to, contents, segment).await.is_err() && contents.len() > segment {
+            for datagram in contents.chunks(segment.max(1)) {
+                let _ = self.send_one(to, datagram, datagram.len()).await;
+            }
+        }
+    }
+
+    async fn send_one(&self, to: SocketAddr, contents: &[u8], segment: usize) -> io::Result<()> {
         let transmit = Transmit {
             destination: to,
             ecn: None,
@@ -82,12 +93,8 @@ impl BatchSocket {
                 self.state.send((&self.io).into(), &transmit)
             });
             match r {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if self.io.writable().await.is_err() {
-                        return;
-                    }
-                }
-                _ => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.io.writable().await?,
+                r => return r,
             }
         }
     }

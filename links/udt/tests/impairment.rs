@@ -397,3 +397,88 @@ fn handshake_flood_is_answered_with_cookies_and_no_state() {
     .unwrap();
     sim.transfer(&[1], 10, 1, 5_000_000_000).unwrap();
 }
+
+/// A connection that may try datagrams up to `ceiling` bytes.
+fn probing(ceiling: usize) -> EndpointConfig {
+    EndpointConfig {
+        conn: ConnConfig {
+            max_datagram_probe: ceiling,
+            ..ConnConfig::default()
+        },
+        ..EndpointConfig::default()
+    }
+}
+
+/// Datagram size discovery on a path that carries at most 4,000 bytes:
+/// the sender settles within one cell of that, every cell still arrives
+/// exactly, and only probes are ever too large for the path.
+#[test]
+fn datagram_size_discovery_finds_the_path_limit() {
+    let path = PathModel {
+        max_datagram: 4000,
+        ..PathModel::default()
+    };
+    let mut sim = Sim::new(path, path, 5, probing(8972)).unwrap();
+    sim.transfer(&[1, 2, 3, 4], 10_000, 3, 120 * SEC).unwrap();
+    report("path limit 4000", &mut sim);
+    let b = "10.0.0.2:1".parse().unwrap();
+    let conn = sim.a.conn(&b).unwrap();
+    let (size, stats, resent) = (
+        conn.max_datagram(),
+        conn.mtu_stats(),
+        conn.retransmitted_cells,
+    );
+    eprintln!("settled at {size} bytes: {stats:?}, {resent} cells resent");
+    assert!((4000 - 519..=4000).contains(&size), "{size}");
+    assert!(stats.lost >= 3 && stats.acked >= 1, "{stats:?}");
+    assert_eq!(sim.ab.too_large, stats.lost);
+    assert_eq!(sim.deliveries.len(), 40_000);
+}
+
+/// The same transfer on a clean path without a limit: the first probe (the
+/// ceiling) passes and the data moves in a fifth of the datagrams.
+#[test]
+fn datagram_size_discovery_uses_the_ceiling_where_it_fits() {
+    let path = PathModel::default();
+    let mut fixed = Sim::new(path, path, 5, EndpointConfig::default()).unwrap();
+    fixed.transfer(&[1, 2, 3, 4], 2500, 3, 120 * SEC).unwrap();
+    report("no discovery", &mut fixed);
+    let mut sim = Sim::new(path, path, 5, probing(8972)).unwrap();
+    sim.transfer(&[1, 2, 3, 4], 2500, 3, 120 * SEC).unwrap();
+    let b = "10.0.0.2:1".parse().unwrap();
+    let conn = sim.a.conn(&b).unwrap();
+    let stats = conn.mtu_stats();
+    eprintln!(
+        "datagrams a->b: {} at 1472 bytes, {} with discovery ({stats:?})",
+        fixed.ab.sent, sim.ab.sent
+    );
+    assert_eq!(conn.max_datagram(), 8972);
+    assert_eq!((stats.probes, stats.acked, stats.lost), (1, 1, 0));
+    assert!(
+        sim.ab.sent * 4 < fixed.ab.sent,
+        "{} vs {}",
+        sim.ab.sent,
+        fixed.ab.sent
+    );
+}
+
+/// A path whose limit drops below the discovered size mid-transfer (a
+/// route change): the large datagrams vanish, the sender goes back to the
+/// base size, and every cell still arrives exactly.
+#[test]
+fn datagram_size_falls_back_when_the_path_starts_dropping_large_ones() {
+    let path = PathModel::default();
+    let mut sim = Sim::new(path, path, 9, probing(8972)).unwrap();
+    sim.transfer(&[1, 2], 2000, 4, 120 * SEC).unwrap();
+    let b = "10.0.0.2:1".parse().unwrap();
+    assert_eq!(sim.a.conn(&b).unwrap().max_datagram(), 8972);
+    sim.ab.model.max_datagram = 1500;
+    sim.transfer(&[3, 4], 2000, 4, 240 * SEC).unwrap();
+    report("limit dropped to 1500", &mut sim);
+    let conn = sim.a.conn(&b).unwrap();
+    let stats = conn.mtu_stats();
+    eprintln!("after the drop: {} bytes, {stats:?}", conn.max_datagram());
+    assert_eq!(conn.max_datagram(), 1472);
+    assert_eq!(stats.black_holes, 1);
+    assert_eq!(sim.deliveries.len(), 8000);
+}
