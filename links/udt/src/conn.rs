@@ -62,6 +62,10 @@ pub struct ConnConfig {
     /// Largest datagram size discovery tries ([`crate::mtu`]); not above
     /// `max_datagram` turns discovery off.
     pub max_datagram_probe: usize,
+    /// The same for a peer at a loopback address, whose interface MTU is
+    /// 64 KiB rather than a network's (0: `max_datagram_probe`). See
+    /// [`ConnConfig::for_peer`].
+    pub loopback_max_datagram_probe: usize,
     /// Cells the receiver holds for the node at most (flow control).
     pub recv_window_cells: u64,
     /// Close when nothing was heard for this long.
@@ -80,12 +84,28 @@ impl Default for ConnConfig {
         ConnConfig {
             max_datagram: 1472,
             max_datagram_probe: 1472,
+            loopback_max_datagram_probe: 0,
             recv_window_cells: 32768,
             idle_timeout: 15_000_000_000,
             keepalive: 4_000_000_000,
             cc: CongestionKind::default(),
             adaptive_reordering: true,
         }
+    }
+}
+
+impl ConnConfig {
+    /// The settings for a connection to `peer`: a loopback peer gets the
+    /// loopback probe ceiling. On loopback a datagram of 64 KiB, 126
+    /// cells, is what a TCP segment is there; with jumbo-frame datagrams a
+    /// loopback relay chain made as many system calls and wake-ups as with
+    /// 1,472-byte ones (docs/benchmarks.md, "Datagram size discovery").
+    pub fn for_peer(self, peer: std::net::SocketAddr) -> ConnConfig {
+        let mut c = self;
+        if peer.ip().is_loopback() && c.loopback_max_datagram_probe > 0 {
+            c.max_datagram_probe = c.loopback_max_datagram_probe;
+        }
+        c
     }
 }
 

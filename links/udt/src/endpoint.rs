@@ -440,7 +440,7 @@ impl Endpoint {
                 let mut conn = Conn::new(
                     session,
                     true,
-                    self.config.conn,
+                    self.config.conn.for_peer(from),
                     now,
                     self.seed ^ now.nanos(),
                     peer_cid,
@@ -490,7 +490,7 @@ impl Endpoint {
                 let mut conn = Conn::new(
                     session,
                     false,
-                    self.config.conn,
+                    self.config.conn.for_peer(from),
                     now,
                     self.seed ^ now.nanos(),
                     peer_cid,

@@ -58,10 +58,15 @@ const SEND_CREDIT: usize = 2048;
 /// Most cells taken from one link's queue per poll.
 const TAKE_BATCH: usize = 256;
 /// The largest datagram size discovery tries on real sockets: a jumbo
-/// Ethernet frame's UDP payload (9,000 - 28 bytes), 17 cells. Loopback and
-/// jumbo-frame networks carry it; elsewhere the search settles at the
-/// largest size the path carries.
+/// Ethernet frame's UDP payload (9,000 - 28 bytes), 17 cells. Jumbo-frame
+/// networks carry it; elsewhere the search settles at the largest size
+/// the path carries.
 pub const PROBE_CEILING: usize = 8972;
+/// The ceiling for peers at loopback addresses: the largest UDP payload
+/// of a 65,536-byte loopback MTU over IPv6 (IPv4 would allow 20 bytes
+/// more), 126 cells. In a loopback relay chain it cut relayd's CPU per GB
+/// to 0.80x of the jumbo-frame ceiling's (docs/benchmarks.md).
+pub const LOOPBACK_PROBE_CEILING: usize = 65_487;
 
 struct Connect {
     addr: SocketAddr,
@@ -164,6 +169,7 @@ impl UdtTransport {
                 keepalive: config.keepalive.as_nanos() as u64,
                 cc,
                 max_datagram_probe: PROBE_CEILING,
+                loopback_max_datagram_probe: LOOPBACK_PROBE_CEILING,
                 ..ConnConfig::default()
             },
             handshake_timeout: config.handshake_timeout.as_nanos() as u64,
