@@ -8,6 +8,12 @@ use relay_netsim::output::{find_scenario, list_scenarios, run, write_outputs};
 use relay_netsim::progress::Progress;
 use relay_netsim::SimError;
 
+/// mimalloc rather than glibc's allocator: 1.09x faster on the 600 s scale
+/// run (see netsim/Cargo.toml). The library and its tests keep the
+/// system allocator; only the binary's figures depend on this.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str =
     "netsim run SCENARIO [--seed N] [--out DIR] [--duration S] [--link udt|quic|tcp|tcp-model] [--cc cubic|bbr|udt] [--circuit-cc bbr|vegas] [--loss P] | netsim list | netsim plot DIR";
 
