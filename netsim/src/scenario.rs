@@ -37,6 +37,12 @@ pub struct Scenario {
     /// the kernel default).
     #[serde(default)]
     pub circuit_cc: Option<String>,
+    /// udt's datagram size discovery: the largest UDP payload it tries (0:
+    /// off, and udt datagrams are as large as the MTU allows from the
+    /// start). With it on, udt starts at 1,472 bytes (less if the MTU says
+    /// so) and proves larger sizes as relayd does on real sockets.
+    #[serde(default)]
+    pub udt_max_datagram_probe: usize,
     /// Bytes of IPv4 + UDP header counted on the wire per datagram.
     #[serde(default = "default_ip_overhead")]
     pub ip_overhead: usize,

@@ -437,6 +437,7 @@ impl Sim {
                 secret,
                 self.max_datagram,
                 self.scenario.congestion()?,
+                self.scenario.udt_max_datagram_probe,
             )?),
             other => return Err(SimError::Invalid(format!("unknown link kind {other}"))),
         };

@@ -121,20 +121,34 @@ pub struct UdtCore {
 impl UdtCore {
     /// A udt endpoint for `identity`; `secret` seeds its cookie key and
     /// hash tables; `max_datagram` is the UDP payload limit; `cc` the
-    /// congestion controller.
+    /// congestion controller; `probe_ceiling`, when not 0, turns on
+    /// datagram size discovery up to that size from a start at the usual
+    /// 1,472 bytes (see `Scenario::udt_max_datagram_probe`).
     pub fn new(
         identity: &Identity,
         secret: [u8; 32],
         max_datagram: usize,
         cc: CongestionKind,
+        probe_ceiling: usize,
     ) -> Result<Self, SimError> {
         let key = StaticKey::new(identity).map_err(|e| SimError::Link(e.to_string()))?;
-        let config = EndpointConfig {
-            conn: ConnConfig {
+        let base = ConnConfig::default().max_datagram;
+        let conn = if probe_ceiling > 0 {
+            ConnConfig {
+                max_datagram: max_datagram.min(base),
+                max_datagram_probe: probe_ceiling,
+                cc,
+                ..ConnConfig::default()
+            }
+        } else {
+            ConnConfig {
                 max_datagram,
                 cc,
                 ..ConnConfig::default()
-            },
+            }
+        };
+        let config = EndpointConfig {
+            conn,
             ..EndpointConfig::default()
         };
         Ok(UdtCore {

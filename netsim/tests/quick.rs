@@ -33,6 +33,61 @@ fn quick_scenario_completes_every_transfer_byte_exact() {
     }
 }
 
+/// udt's datagram size discovery in the simulator: on paths with a
+/// 4,000-byte MTU and a search ceiling above it, every transfer still
+/// completes byte-exact, the captured packets grow past 1,500 bytes but
+/// never past the MTU, the only datagrams too big for the path are the
+/// search's probes, and the run needs fewer datagrams than at 1,500 bytes.
+#[test]
+fn udt_datagram_size_discovery_in_the_quick_scenario() {
+    let base = find_scenario("quick").unwrap();
+    let mut probing = base.clone();
+    probing.path_defaults.mtu = 4000;
+    probing.udt_max_datagram_probe = 8972;
+    let r = run(probing, 1, |_, _| {}).unwrap();
+    let res = &r.results;
+    assert_eq!(res.unfinished, 0);
+    assert_eq!(res.ok, res.transfers, "errors: {:?}", res.errors);
+    assert!(res.links.too_big > 0, "no probe was too big for the path");
+    // Captures record what hosts send, probes the path drops included.
+    let sizes: Vec<usize> = r
+        .sim
+        .captures
+        .values()
+        .flat_map(|c| packet_sizes(c.bytes()))
+        .collect();
+    let grown = sizes
+        .iter()
+        .filter(|&&n| (1501..=4000).contains(&n))
+        .count();
+    let over = sizes.iter().filter(|&&n| n > 4000).count() as u64;
+    assert!(grown > 0, "no packet above 1,500 bytes");
+    assert!(
+        over > 0 && over <= res.links.too_big,
+        "{over} above the MTU"
+    );
+    let fixed = run(base, 1, |_, _| {}).unwrap();
+    assert_eq!(fixed.results.links.too_big, 0);
+    assert!(
+        res.links.datagrams < fixed.results.links.datagrams,
+        "{} datagrams against {} at 1,500 bytes",
+        res.links.datagrams,
+        fixed.results.links.datagrams
+    );
+}
+
+/// The sizes of the IP packets in a pcap file (as written by netsim).
+fn packet_sizes(bytes: &[u8]) -> Vec<usize> {
+    let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
+    let (mut at, mut sizes) = (24, Vec::new());
+    while at < bytes.len() {
+        let len = u32_at(at + 8) as usize;
+        sizes.push(len);
+        at += 16 + len;
+    }
+    sizes
+}
+
 /// Walks a pcap file (nanosecond format, LINKTYPE_RAW) and checks every
 /// packet; returns how many there were.
 fn verify_capture(bytes: &[u8]) -> u64 {
