@@ -85,6 +85,18 @@ pub async fn bulk_both_ways(f: &Factory, bytes: usize) {
     let (_a, _b, la, lb) = linked(f, LinkConfig::default()).await;
     let n = (bytes / CELL_LEN) as u32;
     let start = Instant::now();
+    exchange(la, lb, n).await;
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "bulk: {n} cells each way in {secs:.2} s ({:.0} Mbit/s each way)",
+        f64::from(n) * CELL_LEN as f64 * 8.0 / secs / 1e6
+    );
+}
+
+/// Sends `n` cells each way at once over the two ends of one link and
+/// checks that every cell arrives byte-exact and in order (link crates'
+/// own tests use it too).
+pub async fn exchange(la: Link, lb: Link, n: u32) {
     let run = |link: Link, circ: u32, peer_circ: u32| async move {
         let Link { tx, mut rx, .. } = link;
         let sender = tokio::spawn(async move {
@@ -101,11 +113,6 @@ pub async fn bulk_both_ways(f: &Factory, bytes: usize) {
         (tx, rx)
     };
     let (ra, rb) = tokio::join!(run(la, 11, 22), run(lb, 22, 11));
-    let secs = start.elapsed().as_secs_f64();
-    eprintln!(
-        "bulk: {n} cells each way in {secs:.2} s ({:.0} Mbit/s each way)",
-        f64::from(n) * CELL_LEN as f64 * 8.0 / secs / 1e6
-    );
     drop((ra, rb));
 }
 

@@ -9,8 +9,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use relay_kernel::{Cell, CellCommand};
-use relay_link::{Identity, Link, LinkConfig, Transport};
+use relay_link::{Identity, LinkConfig, Transport};
 use relay_link_udt::{UdtTransport, LOOPBACK_PROBE_CEILING};
 use tokio::net::UdpSocket;
 
@@ -66,14 +65,6 @@ async fn forwarder(listener: SocketAddr, limit: usize) -> (SocketAddr, Arc<[Seen
     (addr, seen)
 }
 
-fn cell(circ: u32, i: u32) -> Cell {
-    let mut c = Cell::new(circ, CellCommand::Relay);
-    for (k, b) in c.body_mut().iter_mut().enumerate() {
-        *b = (i as usize * 31 + k * 7 + circ as usize) as u8;
-    }
-    c
-}
-
 /// Sends `cells` cells each way over a link dialled through a forwarder
 /// with `limit`, checks every one, and returns what the forwarder saw.
 async fn transfer_through(limit: usize, cells: u32) -> Arc<[Seen; 2]> {
@@ -90,23 +81,7 @@ async fn transfer_through(limit: usize, cells: u32) -> Arc<[Seen; 2]> {
         .unwrap();
     let (via, seen) = forwarder(b.local_addr(), limit).await;
     let (la, lb) = tokio::join!(a.connect(via, b_id.node_id()), b.accept());
-    let run = |link: Link, circ: u32, peer: u32| async move {
-        let Link { tx, mut rx, .. } = link;
-        let sender = tokio::spawn(async move {
-            for i in 0..cells {
-                tx.send(cell(circ, i)).await.expect("send");
-            }
-            tx
-        });
-        for i in 0..cells {
-            let c = rx.recv().await.expect("link closed early");
-            assert_eq!(c.as_bytes(), cell(peer, i).as_bytes(), "cell {i}");
-        }
-        let tx = sender.await.unwrap();
-        (tx, rx)
-    };
-    let (ra, rb) = tokio::join!(run(la.unwrap(), 7, 8), run(lb.unwrap(), 8, 7));
-    drop((ra, rb));
+    relay_link::conformance::exchange(la.unwrap(), lb.unwrap(), cells).await;
     seen
 }
 
