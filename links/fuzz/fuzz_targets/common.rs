@@ -15,9 +15,13 @@ pub fn node_id(b: u8) -> NodeId {
     Identity::from_secret([b; 32]).node_id()
 }
 
-/// The endpoint under test: identity `[2; 32]`, fixed secret.
+/// The endpoint under test: identity `[2; 32]`, fixed secret, datagram
+/// size discovery on up to 8,972 bytes (as relayd's driver runs it), so
+/// hostile ACKs reach the search and its black-hole rule too.
 pub fn endpoint() -> Endpoint {
-    Endpoint::new(static_key(2), EndpointConfig::default(), [5; 32])
+    let mut config = EndpointConfig::default();
+    config.conn.max_datagram_probe = 8972;
+    Endpoint::new(static_key(2), config, [5; 32])
 }
 
 pub fn addr(s: &str) -> SocketAddr {
