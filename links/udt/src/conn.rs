@@ -94,14 +94,25 @@ impl Default for ConnConfig {
     }
 }
 
+/// The largest UDP payload of a 1,500-byte MTU over IPv6 (40-byte IP
+/// header, against IPv4's 20): the base size for IPv6 peers.
+pub const IPV6_BASE_DATAGRAM: usize = 1452;
+
 impl ConnConfig {
-    /// The settings for a connection to `peer`: a loopback peer gets the
-    /// loopback probe ceiling. On loopback a datagram of 64 KiB, 126
-    /// cells, is what a TCP segment is there; with jumbo-frame datagrams a
-    /// loopback relay chain made as many system calls and wake-ups as with
-    /// 1,472-byte ones (docs/benchmarks.md, "Datagram size discovery").
+    /// The settings for a connection to `peer`:
+    /// - an IPv6 peer starts at no more than [`IPV6_BASE_DATAGRAM`], since
+    ///   the default base (1,472 bytes) fits a 1,500-byte MTU only under
+    ///   IPv4's smaller header, and datagrams leave with Don't Fragment set;
+    /// - a loopback peer gets the loopback probe ceiling. On loopback a
+    ///   datagram of 64 KiB, 126 cells, is what a TCP segment is there; with
+    ///   jumbo-frame datagrams a loopback relay chain made as many system
+    ///   calls and wake-ups as with 1,472-byte ones (docs/benchmarks.md,
+    ///   "Datagram size discovery").
     pub fn for_peer(self, peer: std::net::SocketAddr) -> ConnConfig {
         let mut c = self;
+        if peer.is_ipv6() && !peer.ip().is_loopback() {
+            c.max_datagram = c.max_datagram.min(IPV6_BASE_DATAGRAM);
+        }
         if peer.ip().is_loopback() && c.loopback_max_datagram_probe > 0 {
             c.max_datagram_probe = c.loopback_max_datagram_probe;
         }

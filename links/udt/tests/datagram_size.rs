@@ -122,7 +122,8 @@ async fn a_smaller_path_mtu_costs_only_probes() {
     }
 }
 
-/// Loopback peers get the loopback ceiling, others the network one.
+/// Loopback peers get the loopback ceiling, others the network one, and
+/// IPv6 peers a smaller base.
 #[test]
 fn the_probe_ceiling_depends_on_the_peer() {
     use relay_link_udt::conn::ConnConfig;
@@ -137,6 +138,12 @@ fn the_probe_ceiling_depends_on_the_peer() {
     assert_eq!(at("[::1]:9"), 65_487);
     assert_eq!(at("10.0.0.2:9"), 8972);
     assert_eq!(at("[2001:db8::1]:9"), 8972);
+    // IPv6 peers off loopback start within a 1,500-byte MTU's IPv6
+    // payload; IPv4 and loopback peers keep the configured base.
+    let base = |a: &str| c.for_peer(a.parse().unwrap()).max_datagram;
+    assert_eq!(base("[2001:db8::1]:9"), 1452);
+    assert_eq!(base("10.0.0.2:9"), 1472);
+    assert_eq!(base("[::1]:9"), 1472);
     // Unset: the network ceiling everywhere.
     let plain = ConnConfig {
         max_datagram_probe: 8972,
