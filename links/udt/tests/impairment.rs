@@ -482,3 +482,19 @@ fn datagram_size_falls_back_when_the_path_starts_dropping_large_ones() {
     assert_eq!(stats.black_holes, 1);
     assert_eq!(sim.deliveries.len(), 8000);
 }
+
+/// The handshake's datagrams fit the smallest MTU IPv6 guarantees (1,280
+/// bytes: 1,232 of UDP payload), so a link can come up on any path before
+/// datagram size discovery has proven anything.
+#[test]
+fn handshake_datagrams_fit_the_ipv6_minimum_mtu() {
+    let path = PathModel::default();
+    let mut sim = Sim::new(path, path, 3, EndpointConfig::default()).unwrap();
+    // One cell, so the handshake completes and data flows once.
+    sim.transfer(&[1], 1, 1, 10 * SEC).unwrap();
+    eprintln!(
+        "largest datagram: a->b {} bytes, b->a {} bytes",
+        sim.ab.largest, sim.ba.largest
+    );
+    assert!(sim.ab.largest <= 1232 && sim.ba.largest <= 1232);
+}
