@@ -132,21 +132,16 @@ impl UdtCore {
         probe_ceiling: usize,
     ) -> Result<Self, SimError> {
         let key = StaticKey::new(identity).map_err(|e| SimError::Link(e.to_string()))?;
-        let base = ConnConfig::default().max_datagram;
-        let conn = if probe_ceiling > 0 {
-            ConnConfig {
-                max_datagram: max_datagram.min(base),
-                max_datagram_probe: probe_ceiling,
-                cc,
-                ..ConnConfig::default()
-            }
-        } else {
-            ConnConfig {
-                max_datagram,
-                cc,
-                ..ConnConfig::default()
-            }
+        let mut conn = ConnConfig {
+            max_datagram,
+            cc,
+            ..ConnConfig::default()
         };
+        if probe_ceiling > 0 {
+            // Start at the usual base, as on real sockets, and search.
+            conn.max_datagram = max_datagram.min(ConnConfig::default().max_datagram);
+            conn.max_datagram_probe = probe_ceiling;
+        }
         let config = EndpointConfig {
             conn,
             ..EndpointConfig::default()
