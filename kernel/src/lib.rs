@@ -7,6 +7,7 @@
 //! `netsim` simulator (virtual time) and on small devices.
 
 pub mod cell;
+pub mod cell_blocks;
 pub mod crypto;
 pub mod error;
 pub mod flow;
@@ -18,6 +19,7 @@ pub mod stream;
 pub mod time;
 
 pub use cell::{Cell, CellCommand, CellPool, CircId, BODY_LEN, CELL_LEN, HEADER_LEN};
+pub use cell_blocks::CellBlocks;
 pub use error::{CellError, CryptoError, HandshakeError, IdError, MsgError, NodeError};
 pub use ids::{NodeId, OnionKeypair};
 pub use node::{CircuitRef, Event, HopSpec, LinkId, Node, NodeConfig, NodeStats};

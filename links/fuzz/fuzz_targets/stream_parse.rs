@@ -26,9 +26,9 @@ use std::task::{Context, Poll, Waker};
 
 use common::Input;
 use libfuzzer_sys::fuzz_target;
-use relay_kernel::{CellCommand, CELL_LEN};
+use relay_kernel::{CellBlocks, CellCommand, CELL_LEN};
 use relay_link::batch::{
-    Blocks, Carried, Delivery, StreamState, KIND_CELLS, KIND_DRAINED, KIND_FIN,
+    Carried, Delivery, StreamState, KIND_CELLS, KIND_DRAINED, KIND_FIN,
 };
 use relay_link::cell_queue;
 
@@ -66,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
     let (tx, mut rx) = cell_queue(1 << 16);
     let (dtx, mut drx) = tokio::sync::mpsc::unbounded_channel();
     let mut out = Delivery::new(Some(tx), dtx);
-    let mut blocks = Blocks::new();
+    let mut blocks = CellBlocks::new();
     let mut streams: Vec<(StreamState, Model)> = (0..8).map(|_| Default::default()).collect();
     let mut want_cells: Vec<Vec<u8>> = Vec::new();
     let mut want_destroys = Vec::new();

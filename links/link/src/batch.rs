@@ -10,17 +10,16 @@
 //! send), so fewer, larger chunks are cheaper all the way down.
 //!
 //! Receiving: stream bytes are cut into cells by a per-stream
-//! [`CellSplitter`] that copies them into shared blocks of [`BLOCK_CELLS`]
-//! cells, one allocation per block instead of one per cell (as the tcp
-//! link's cells share their frame's buffer). A cell held by the node pins
-//! at most its block. [`Delivery`] collects the cells and hands them to the
-//! node in batches while telling the writer which circuits the peer
-//! destroyed.
+//! [`CellSplitter`] that copies them into shared, recycled blocks
+//! ([`CellBlocks`]), as udt does (the tcp link's cells share their frame's
+//! buffer). A cell held by the node pins at most its block. [`Delivery`]
+//! collects the cells and hands them to the node in batches while telling
+//! the writer which circuits the peer destroyed.
 
 use std::collections::{HashMap, VecDeque};
 
 use bytes::{Bytes, BytesMut};
-use relay_kernel::{Cell, CellCommand, CELL_LEN};
+use relay_kernel::{Cell, CellBlocks, CellCommand, CELL_LEN};
 use tokio::sync::mpsc;
 
 use crate::CellTx;
@@ -129,46 +128,11 @@ impl Grouper {
 /// buffers as small as the receive blocks bound that.
 const BUFFER_CELLS: usize = 64;
 
-/// Cells per receive block: as many as a tcp link frame carries.
-pub const BLOCK_CELLS: usize = 64;
-
 /// Cuts one stream's bytes into cells.
 #[derive(Debug, Default)]
 pub struct CellSplitter {
     /// The start of a cell whose end has not arrived yet.
     partial: Vec<u8>,
-}
-
-/// Where received cells are copied: the current shared block.
-#[derive(Debug, Default)]
-pub struct Blocks {
-    block: BytesMut,
-}
-
-impl Blocks {
-    pub fn new() -> Blocks {
-        Blocks::default()
-    }
-
-    /// Copies the whole cells at the start of `data` into blocks and
-    /// queues them (a shorter tail is left alone).
-    fn cells_from(&mut self, mut data: &[u8], out: &mut Delivery) {
-        while data.len() >= CELL_LEN {
-            if self.block.capacity() < CELL_LEN {
-                self.block = BytesMut::with_capacity(BLOCK_CELLS * CELL_LEN);
-            }
-            let fit = (self.block.capacity() / CELL_LEN).min(data.len() / CELL_LEN);
-            let (now, rest) = data.split_at(fit * CELL_LEN);
-            data = rest;
-            self.block.extend_from_slice(now);
-            for _ in 0..fit {
-                // Exactly CELL_LEN bytes, so this cannot fail.
-                if let Ok(cell) = Cell::from_bytes(self.block.split_to(CELL_LEN)) {
-                    out.push(cell);
-                }
-            }
-        }
-    }
 }
 
 impl CellSplitter {
@@ -178,7 +142,7 @@ impl CellSplitter {
 
     /// Takes the next bytes of the stream: complete cells go to `out`, the
     /// start of an unfinished one is kept for the next call.
-    pub fn push(&mut self, mut data: &[u8], blocks: &mut Blocks, out: &mut Delivery) {
+    pub fn push(&mut self, mut data: &[u8], blocks: &mut CellBlocks, out: &mut Delivery) {
         if !self.partial.is_empty() {
             let take = (CELL_LEN - self.partial.len()).min(data.len());
             let (head, rest) = data.split_at(take);
@@ -187,12 +151,12 @@ impl CellSplitter {
             if self.partial.len() < CELL_LEN {
                 return;
             }
-            blocks.cells_from(&self.partial, out);
+            blocks.cells(&self.partial, |c| out.push(c));
             self.partial.clear();
         }
         let whole = data.len() - data.len() % CELL_LEN;
         let (cells, tail) = data.split_at(whole);
-        blocks.cells_from(cells, out);
+        blocks.cells(cells, |c| out.push(c));
         self.partial.extend_from_slice(tail);
     }
 
@@ -235,7 +199,7 @@ impl StreamState {
     pub fn take(
         &mut self,
         mut data: &[u8],
-        blocks: &mut Blocks,
+        blocks: &mut CellBlocks,
         out: &mut Delivery,
     ) -> Result<(), &'static str> {
         if let StreamState::Unknown = self {
@@ -411,7 +375,7 @@ mod tests {
             let (tx, mut rx) = mpsc::unbounded_channel();
             let (ctx, mut crx) = crate::cell_queue(1000);
             let mut out = Delivery::new(Some(ctx), tx);
-            let (mut s, mut blocks) = (CellSplitter::new(), Blocks::new());
+            let (mut s, mut blocks) = (CellSplitter::new(), CellBlocks::new());
             for chunk in stream.chunks(step) {
                 s.push(chunk, &mut blocks, &mut out);
             }
@@ -433,7 +397,7 @@ mod tests {
     fn stream_kinds_and_their_errors() {
         let (tx, _rx) = mpsc::unbounded_channel();
         let mut out = Delivery::new(None, tx);
-        let mut blocks = Blocks::new();
+        let mut blocks = CellBlocks::new();
         let mut st = StreamState::default();
         assert_eq!(st.end(), Err("empty stream"));
         st.take(&[], &mut blocks, &mut out).unwrap();
@@ -456,7 +420,7 @@ mod tests {
     fn splitter_keeps_a_partial_cell_and_reports_destroys() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut out = Delivery::new(None, tx);
-        let (mut s, mut blocks) = (CellSplitter::new(), Blocks::new());
+        let (mut s, mut blocks) = (CellSplitter::new(), CellBlocks::new());
         let d = cell(9, CellCommand::Destroy, 0);
         s.push(&d.as_bytes()[..100], &mut blocks, &mut out);
         assert!(s.has_partial());

@@ -14,7 +14,8 @@
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use relay_link::batch::{Blocks, Carried, Delivery, StreamState, KIND_DRAINED};
+use relay_kernel::CellBlocks;
+use relay_link::batch::{Carried, Delivery, StreamState, KIND_DRAINED};
 use relay_link::link::CloseCell;
 use relay_link::ready::{ReadySet, Slots};
 use relay_link::{CellTx, CloseReason};
@@ -48,7 +49,7 @@ enum Step {
 /// Scratch space shared by all streams' reads.
 struct Reading {
     chunks: Vec<Bytes>,
-    blocks: Blocks,
+    blocks: CellBlocks,
     out: Delivery,
 }
 
@@ -67,7 +68,7 @@ pub(crate) async fn receiver(
     let mut streams: Slots<(ReceiveStream, StreamState)> = Slots::new(&ready);
     let mut r = Reading {
         chunks: vec![Bytes::new(); CHUNKS],
-        blocks: Blocks::new(),
+        blocks: CellBlocks::new(),
         out: Delivery::new(Some(incoming), destroyed),
     };
     let mut listed = Vec::new();

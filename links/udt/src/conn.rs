@@ -28,11 +28,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use relay_kernel::{Cell, NodeId, Time};
+use relay_kernel::{Cell, CellBlocks, NodeId, Time};
 use relay_link::transport::{OpenKey, SealKey, TAG_LEN};
 use relay_link::Session;
 
-use crate::blocks::Blocks;
 use crate::cc::rate::RateSampler;
 use crate::cc::{AckSample, Congestion, CongestionKind, Rtt};
 use crate::copies::{CellCopies, Slot};
@@ -390,7 +389,7 @@ impl Conn {
     /// false if it was dropped (short, a duplicate or replay, forged or
     /// corrupt, or malformed inside).
     /// Received cells are copied into `blocks`.
-    pub fn handle_data(&mut self, now: Time, datagram: &mut [u8], blocks: &mut Blocks) -> bool {
+    pub fn handle_data(&mut self, now: Time, datagram: &mut [u8], blocks: &mut CellBlocks) -> bool {
         if datagram.len() < DATA_HEADER + TAG_LEN {
             return false;
         }
@@ -490,7 +489,7 @@ impl Conn {
         *r = merged;
     }
 
-    fn on_cell(&mut self, seq: u32, raw: &[u8], blocks: &mut Blocks) {
+    fn on_cell(&mut self, seq: u32, raw: &[u8], blocks: &mut CellBlocks) {
         let Ok(cell) = blocks.cell(raw) else {
             return;
         };

@@ -29,11 +29,10 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
-use relay_kernel::{NodeId, Time};
+use relay_kernel::{CellBlocks, NodeId, Time};
 use relay_link::{Initiator, LinkError, Responder, StaticKey};
 use ring::hmac;
 
-use crate::blocks::Blocks;
 use crate::conn::{Conn, ConnConfig, Ended};
 use crate::min_tree::MinTree;
 use crate::packet::*;
@@ -181,7 +180,7 @@ pub struct Endpoint {
     outbox: VecDeque<(SocketAddr, Vec<u8>)>,
     cookie_key: hmac::Key,
     /// Where received cells are copied.
-    blocks: Blocks,
+    blocks: CellBlocks,
     /// This endpoint's instance number (see the module docs).
     instance: u64,
     /// Connection ids drawn so far.
@@ -235,7 +234,7 @@ impl Endpoint {
             events: VecDeque::new(),
             outbox: VecDeque::new(),
             cookie_key,
-            blocks: Blocks::default(),
+            blocks: CellBlocks::default(),
             instance,
             cids_drawn: 0,
             seed,

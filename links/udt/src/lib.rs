@@ -8,7 +8,6 @@
 //! [`UdtTransport`] is the tokio driver: one UDP socket per node for all
 //! peers, one task owning the endpoint.
 
-mod blocks;
 pub mod cc;
 pub mod conn;
 mod copies;
