@@ -170,15 +170,25 @@ impl GsoBatch {
         }
     }
 
-    /// Adds a datagram; the caller checked [`GsoBatch::fits`].
-    pub(crate) fn push(&mut self, to: SocketAddr, datagram: &[u8]) {
+    /// Adds a datagram; the caller checked [`GsoBatch::fits`]. `datagram`
+    /// is scratch afterwards (the caller rebuilds it from empty).
+    ///
+    /// The first datagram of a batch is not copied: its buffer becomes the
+    /// batch's and the batch's empty one goes back. Datagrams to a loopback
+    /// peer are up to 64 KiB, so there most batches hold one datagram, and
+    /// the copy was 4% of a udt sender's CPU in linkbench.
+    pub(crate) fn push(&mut self, to: SocketAddr, datagram: &mut Vec<u8>) {
         if self.to.is_none() {
             self.to = Some(to);
             self.segment = datagram.len();
-        } else if datagram.len() < self.segment {
-            self.sealed = true;
+            std::mem::swap(&mut self.buf, datagram);
+            datagram.clear();
+        } else {
+            if datagram.len() < self.segment {
+                self.sealed = true;
+            }
+            self.buf.extend_from_slice(datagram);
         }
-        self.buf.extend_from_slice(datagram);
         self.count += 1;
     }
 
@@ -210,16 +220,20 @@ mod tests {
     fn a_batch_is_one_peer_and_one_segment_size() {
         let mut b = GsoBatch::new(3);
         assert!(b.fits(addr(1), 100));
-        b.push(addr(1), &[1; 100]);
+        let mut first = vec![1; 100];
+        b.push(addr(1), &mut first);
+        assert!(first.is_empty(), "the caller's buffer comes back empty");
         assert!(!b.fits(addr(2), 100), "another peer");
         assert!(!b.fits(addr(1), 101), "a longer datagram");
         assert!(b.fits(addr(1), 100));
-        b.push(addr(1), &[2; 100]);
+        b.push(addr(1), &mut vec![2; 100]);
         assert!(b.fits(addr(1), 40), "a shorter last one");
-        b.push(addr(1), &[3; 40]);
+        b.push(addr(1), &mut vec![3; 40]);
         assert!(!b.fits(addr(1), 40), "nothing after a short one");
         let (to, bytes, seg) = b.contents().unwrap();
         assert_eq!((to, bytes.len(), seg), (addr(1), 240, 100));
+        let want: Vec<u8> = [[1u8; 100].as_slice(), &[2; 100], &[3; 40]].concat();
+        assert_eq!(bytes, &want[..]);
         b.clear();
         assert!(b.contents().is_none());
         assert!(b.fits(addr(2), 500));
@@ -228,13 +242,13 @@ mod tests {
     #[test]
     fn a_batch_stops_at_the_segment_limit_and_the_udp_size() {
         let mut b = GsoBatch::new(2);
-        b.push(addr(1), &[0; 10]);
-        b.push(addr(1), &[0; 10]);
+        b.push(addr(1), &mut vec![0; 10]);
+        b.push(addr(1), &mut vec![0; 10]);
         assert!(!b.fits(addr(1), 10));
         let mut b = GsoBatch::new(64);
         let mut n = 0;
         while b.fits(addr(1), 1472) {
-            b.push(addr(1), &[0; 1472]);
+            b.push(addr(1), &mut vec![0; 1472]);
             n += 1;
         }
         assert_eq!(n, MAX_BATCH_BYTES / 1472);
@@ -255,7 +269,7 @@ mod tests {
                 a.send(t, bytes, seg).await;
                 batch.clear();
             }
-            batch.push(to, &dg);
+            batch.push(to, &mut dg.clone());
             sent.push(dg);
         }
         let (t, bytes, seg) = batch.contents().unwrap();
