@@ -109,10 +109,14 @@ impl Default for CcParams {
             // MB/s, but a quarter of a millisecond at 3 Gbit/s, less than the
             // batching delay of a fast path's hops (a wake-up and a system
             // call per batch at each). The floor applies only above
-            // 186 cells per ms (~760 Mbit/s); below that these are Tor's
-            // values unchanged. Measured in chainbench (docs/benchmarks.md,
-            // "A queue-delay floor for Vegas"): 1.14-1.21x the throughput.
-            queue_floor_ns: 1_000_000,
+            // 46.5 cells per ms (~190 Mbit/s); below that these are Tor's
+            // values unchanged. Measured in chainbench (docs/benchmarks.md):
+            // 1 ms gave 1.14-1.21x the throughput of no floor; 4 ms gives
+            // 1.34-1.37x that of 1 ms over udt links (2 ms: 0.89x of 4 ms)
+            // and 0.93-0.95x over tcp links, which batch in the kernel. In
+            // netsim only lossless long-fat changes (goodput +6%, p99 hop
+            // queueing 1 -> 4 ms).
+            queue_floor_ns: 4_000_000,
         }
     }
 }

@@ -141,7 +141,10 @@ mod tests {
 
     #[test]
     fn the_queue_floor_scales_thresholds_only_on_fast_paths() {
-        let p = CcParams::default();
+        let p = CcParams {
+            queue_floor_ns: 1_000_000,
+            ..CcParams::default()
+        };
         // 300 cells per 10 ms: 30 cells per ms of queue, below alpha.
         let slow = with_queue_floor(p, 300, 10_000_000);
         assert_eq!(
