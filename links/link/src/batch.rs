@@ -10,7 +10,7 @@
 //! send), so fewer, larger chunks are cheaper all the way down.
 //!
 //! Receiving: stream bytes are cut into cells by a per-stream
-//! [`CellSplitter`] that copies them into shared, recycled blocks
+//! [`CellSplitter`] that copies them into shared blocks
 //! ([`CellBlocks`]), as udt does (the tcp link's cells share their frame's
 //! buffer). A cell held by the node pins at most its block. [`Delivery`]
 //! collects the cells and hands them to the node in batches while telling
