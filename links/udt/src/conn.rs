@@ -583,6 +583,8 @@ impl Conn {
         }
         self.largest_acked = Some(self.largest_acked.map_or(largest, |l| l.max(largest)));
         self.mtu.on_ack(now, ranges, largest);
+        // A probe's timeout is checked here rather than by a timer: while
+        // no ACKs come the link is idle, and the search can wait.
         self.mtu.on_timer(now, self.rtt.pto());
         let large_lost = self.detect_losses(now);
         self.mtu.on_data_outcome(now, large_acked, large_lost);
@@ -727,10 +729,7 @@ impl Conn {
     /// padded to the size, outside the congestion window and loss
     /// recovery (see [`crate::mtu`]).
     fn build_probe(&mut self, now: Time, size: usize, out: &mut Vec<u8>) -> bool {
-        out.clear();
-        out.push(DATA);
-        out.extend_from_slice(&self.peer_cid.to_be_bytes());
-        out.extend_from_slice(&self.next_pn.to_be_bytes());
+        self.start_data_packet(out);
         out.push(FRAME_PING);
         out.push(FRAME_PADDING);
         out.resize(size.saturating_sub(TAG_LEN).max(out.len()), 0);
@@ -741,6 +740,15 @@ impl Conn {
         }
         self.mtu.on_probe_sent(now, pn, out.len());
         true
+    }
+
+    /// Empties `out` and writes a DATA packet's header for the next packet
+    /// number (the caller seals it with that number).
+    fn start_data_packet(&self, out: &mut Vec<u8>) {
+        out.clear();
+        out.push(DATA);
+        out.extend_from_slice(&self.peer_cid.to_be_bytes());
+        out.extend_from_slice(&self.next_pn.to_be_bytes());
     }
 
     /// The largest datagram to build now: the size discovery has proven,
@@ -831,11 +839,8 @@ impl Conn {
                 return self.build_probe(now, size, out);
             }
         }
-        out.clear();
         let limit = self.datagram_limit() - TAG_LEN;
-        out.push(DATA);
-        out.extend_from_slice(&self.peer_cid.to_be_bytes());
-        out.extend_from_slice(&self.next_pn.to_be_bytes());
+        self.start_data_packet(out);
         let ack_due = self.ack_pending >= 2
             || self.ack_deadline.is_some_and(|d| d <= now)
             || self.window_dirty;
