@@ -101,6 +101,10 @@ pub struct Cell {
     /// length): pooling one would keep its whole block alive for as long as
     /// the pool holds it, up to the pool's 4,096 entries times a block.
     own_allocation: bool,
+    /// Microseconds this cell spent in links' reordering buffers on its way
+    /// here, waiting for an earlier cell of its circuit that was lost or
+    /// late (see [`Cell::reorder_wait_us`]).
+    reorder_wait_us: u32,
 }
 
 impl Cell {
@@ -110,6 +114,7 @@ impl Cell {
         let mut cell = Cell {
             buf: BytesMut::zeroed(CELL_LEN),
             own_allocation: true,
+            reorder_wait_us: 0,
         };
         cell.set_header(circ_id, command);
         cell
@@ -125,6 +130,7 @@ impl Cell {
         Ok(Cell {
             buf,
             own_allocation: false,
+            reorder_wait_us: 0,
         })
     }
 
@@ -136,6 +142,7 @@ impl Cell {
         Ok(Cell {
             buf: BytesMut::from(bytes),
             own_allocation: true,
+            reorder_wait_us: 0,
         })
     }
 
@@ -146,7 +153,26 @@ impl Cell {
         Cell {
             buf,
             own_allocation: true,
+            reorder_wait_us: 0,
         }
+    }
+
+    /// Microseconds the cell waited, summed over the links it crossed, in
+    /// a receiver's reordering buffer for an earlier cell of its circuit
+    /// (links deliver each circuit's cells in order). It is not part of
+    /// the cell's 514 bytes: each link kind that can measure it carries it
+    /// beside the cell (udt does; tcp and QUIC reorder inside the
+    /// transport, where it cannot be seen, and carry 0). A relay forwards
+    /// it with the cell, and circuit congestion control subtracts it from
+    /// RTT samples: a wait behind a retransmission is not queueing, and
+    /// Vegas, reading it as queueing, starved on lossy paths.
+    pub fn reorder_wait_us(&self) -> u32 {
+        self.reorder_wait_us
+    }
+
+    /// Adds `us` to the cell's reordering wait (saturating).
+    pub fn add_reorder_wait_us(&mut self, us: u32) {
+        self.reorder_wait_us = self.reorder_wait_us.saturating_add(us);
     }
 
     /// The raw circuit id (zero is invalid but representable on the wire).

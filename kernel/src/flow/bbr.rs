@@ -217,7 +217,9 @@ impl Bbr {
             self.rtt_last_round = self.rtt_this_round;
             self.rtt_this_round = 0;
         }
-        self.rtt_this_round = self.rtt_this_round.max(ack.rtt);
+        // The whole round trip, reordering waits included: the window
+        // must cover them to keep the rate (see `update_cwnd`).
+        self.rtt_this_round = self.rtt_this_round.max(ack.rtt + ack.waited);
         self.update_bw(ack);
         self.update_mode(ack, round_start);
         self.update_probe_rtt(ack, round_start, expired);
@@ -478,7 +480,7 @@ mod tests {
         // Let everything in flight be acknowledged.
         let mut now = path.now.plus_nanos(1_000_000_000);
         while cc.inflight() >= SENDME_INC {
-            cc.on_sendme(now, &[1; 16])?;
+            cc.on_sendme(now, &[1; 16], 0)?;
         }
         let before = cc.bandwidth().unwrap_or(0);
         // A trickle: one SENDME's worth per 60 ms, marked app-limited.
@@ -488,7 +490,7 @@ mod tests {
                 cc.on_send(now, [1; 16]);
             }
             now = now.plus_nanos(60_000_000);
-            cc.on_sendme(now, &[1; 16])?;
+            cc.on_sendme(now, &[1; 16], 0)?;
         }
         let after = cc.bandwidth().unwrap_or(0);
         assert!(before >= 90_000, "{before} cells/s");

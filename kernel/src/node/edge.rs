@@ -15,7 +15,7 @@ use super::{CircuitRef, Event, Node, Role, Side};
 use crate::cell::{Cell, CellCommand};
 use crate::crypto::onion::{outbound_room, INBOUND_ROOM};
 use crate::error::NodeError;
-use crate::flow::{CcParams, CircuitCc, SendmeCounter};
+use crate::flow::{self, CcParams, CircuitCc, SendmeCounter};
 use crate::relay_msg::{
     self, Begin, EndReason, RelayCommand, RelayMsg, StreamKind, Target, MSG_HEADER_LEN,
 };
@@ -165,7 +165,8 @@ impl Node {
     /// A relay message arrived at this end (already unwrapped; the message
     /// is at `body[16..]`, `tag` is the tag that authenticated it).
     pub(super) fn edge_on_cell(&mut self, now: Time, circ: CircuitRef, tag: [u8; 16], cell: Cell) {
-        let result = self.edge_on_message(now, circ, tag, &cell.body()[ROOM_AT..]);
+        let wait = cell.reorder_wait_us();
+        let result = self.edge_on_message(now, circ, tag, wait, &cell.body()[ROOM_AT..]);
         self.out.pool.give(cell);
         if let Err(reason) = result {
             self.kill_circuit(now, circ, reason);
@@ -177,6 +178,7 @@ impl Node {
         now: Time,
         circ: CircuitRef,
         tag: [u8; 16],
+        reorder_wait_us: u32,
         room: &[u8],
     ) -> Result<(), EndReason> {
         let msg = RelayMsg::parse(room).map_err(|_| EndReason::Protocol)?;
@@ -184,7 +186,8 @@ impl Node {
         let c = self.circuits.get_mut(circ).ok_or(EndReason::Misc)?;
         let edge = c.edge.as_mut().ok_or(EndReason::Protocol)?;
         if msg.command != RelayCommand::Sendme && edge.sendme.on_receive() {
-            self.edge_send(now, circ, RelayCommand::Sendme, 0, &tag)
+            let body = flow::sendme_body(&tag, reorder_wait_us);
+            self.edge_send(now, circ, RelayCommand::Sendme, 0, &body)
                 .map_err(|_| EndReason::Misc)?;
         }
         let sref = StreamRef {
@@ -196,7 +199,7 @@ impl Node {
             (Sendme, _) => {
                 let edge = self.edge_mut(circ).ok_or(EndReason::Misc)?;
                 edge.cc
-                    .on_sendme(now, msg.body)
+                    .on_sendme(now, msg.body, reorder_wait_us)
                     .map_err(|_| EndReason::Protocol)?;
                 self.flush_edge(now, circ);
             }

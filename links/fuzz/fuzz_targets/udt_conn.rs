@@ -37,7 +37,7 @@ use relay_kernel::{Cell, CellCommand, Time, CELL_LEN};
 use relay_link::{Initiator, Session};
 use relay_link_udt::endpoint::{ConnId, Endpoint};
 use relay_link_udt::packet::{
-    Frame, Frames, DATA, DATA_HEADER, FRAME_CELL, HS_FIN, HS_INIT, HS_RESP,
+    write_cell, Frame, Frames, DATA, DATA_HEADER, HS_FIN, HS_INIT, HS_RESP,
 };
 
 const C_CID: u64 = 0x4444_4444_4444_4444;
@@ -115,7 +115,7 @@ fn check_from_b(p: &mut Peer, dg: &mut [u8]) {
                     );
                 }
             }
-            Frame::Cell(_, raw) => {
+            Frame::Cell(_, _, raw) => {
                 assert!(p.queued_cells.contains(raw), "B sent a cell it was not given")
             }
             _ => {}
@@ -153,14 +153,14 @@ fuzz_target!(|data: &[u8]| {
                     let seq = input.u32();
                     let mut cell = Cell::new(input.u32(), CellCommand::Relay);
                     cell.body_mut().fill(input.byte());
-                    dg.push(FRAME_CELL);
-                    dg.extend_from_slice(&seq.to_be_bytes());
-                    dg.extend_from_slice(cell.as_bytes());
+                    // Half the cells say they waited on an earlier link.
+                    let wait = if sel & 0x20 != 0 { input.u32() } else { 0 };
+                    write_cell(&mut dg, seq, wait, cell.as_bytes());
                 }
                 // Every complete CELL frame counts as sent (B may deliver
                 // any cell of a packet whose frames all parse).
                 for f in Frames::new(&dg[DATA_HEADER..]).flatten() {
-                    if let Frame::Cell(_, raw) = f {
+                    if let Frame::Cell(_, _, raw) = f {
                         p.sent_cells.insert(raw.to_vec());
                     }
                 }

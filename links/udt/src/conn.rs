@@ -143,7 +143,8 @@ const MAX_BURST: u64 = 256;
 #[derive(Default)]
 struct CircuitIn {
     next: u32,
-    waiting: BTreeMap<u32, Cell>,
+    /// Cells past a gap, with their arrival times.
+    waiting: BTreeMap<u32, (Cell, Time)>,
 }
 
 /// The receiver's packet-pair estimate of the bottleneck capacity: the
@@ -426,9 +427,9 @@ impl Conn {
                 }
                 Frame::Capacity(c) => self.peer_capacity = Some(c),
                 Frame::Ack(ack) => self.on_ack(now, &ack),
-                Frame::Cell(seq, raw) => {
+                Frame::Cell(seq, wait_us, raw) => {
                     eliciting = true;
-                    self.on_cell(seq, raw, blocks);
+                    self.on_cell(now, seq, wait_us, raw, blocks);
                 }
                 Frame::Ping => eliciting = true,
                 Frame::Padding(_) => {}
@@ -489,23 +490,37 @@ impl Conn {
         *r = merged;
     }
 
-    fn on_cell(&mut self, seq: u32, raw: &[u8], blocks: &mut CellBlocks) {
-        let Ok(cell) = blocks.cell(raw) else {
+    /// A cell arrived: delivered with any it released, or held until the
+    /// cells before it on its circuit arrive.
+    ///
+    /// Each cell's reordering wait grows by how long it was held here; a
+    /// cell that fills a gap (a retransmission, or one overtaken) counts as
+    /// having waited since the first cell after the gap arrived, which is
+    /// about when it should have. Relays forward the sum with the cell and
+    /// circuit congestion control leaves it out of its RTT samples
+    /// ([`relay_kernel::Cell::reorder_wait_us`]).
+    fn on_cell(&mut self, now: Time, seq: u32, wait_us: u32, raw: &[u8], blocks: &mut CellBlocks) {
+        let Ok(mut cell) = blocks.cell(raw) else {
             return;
         };
+        cell.add_reorder_wait_us(wait_us);
         let st = self.circ_in.entry(cell.raw_circ_id()).or_default();
         if seq.wrapping_sub(st.next) >= u32::MAX / 2 {
             return; // already delivered: a retransmitted copy
         }
-        if seq == st.next {
-            self.ready.push_back(cell);
+        if seq != st.next {
+            st.waiting.insert(seq, (cell, now));
+            return;
+        }
+        if let Some((_, (_, first_after_gap))) = st.waiting.first_key_value() {
+            cell.add_reorder_wait_us(micros_since(now, *first_after_gap));
+        }
+        self.ready.push_back(cell);
+        st.next = st.next.wrapping_add(1);
+        while let Some((mut c, arrived)) = st.waiting.remove(&st.next) {
+            c.add_reorder_wait_us(micros_since(now, arrived));
+            self.ready.push_back(c);
             st.next = st.next.wrapping_add(1);
-            while let Some(c) = st.waiting.remove(&st.next) {
-                self.ready.push_back(c);
-                st.next = st.next.wrapping_add(1);
-            }
-        } else {
-            st.waiting.insert(seq, cell);
         }
     }
 
@@ -851,30 +866,31 @@ impl Conn {
         let window_open = self.bytes_in_flight + self.config.max_datagram <= self.cc.window();
         let held = !ack_due && self.hold_until().is_some_and(|end| now < end);
         if paced && window_open && !held && self.ended.is_none() {
-            while out.len() + CELL_FRAME_LEN + 16 * 2 + 14 <= limit {
-                let Some((_, queued)) = self.queue.front() else {
-                    break;
+            while let Some((_, queued)) = self.queue.front() {
+                let (first_send, wait_us) = match queued {
+                    Queued::Fresh(cell) => (true, cell.reorder_wait_us()),
+                    Queued::Resend(slot) => (false, self.copies.wait_us(*slot)),
                 };
-                let first_send = matches!(queued, Queued::Fresh(_));
-                if first_send && self.first_sends >= self.peer_max_cells {
+                // Room for the cell and an ACK of two ranges.
+                if out.len() + cell_frame_len(wait_us) + ack_len(2) > limit
+                    || (first_send && self.first_sends >= self.peer_max_cells)
+                {
                     break;
                 }
                 let Some((seq, queued)) = self.queue.pop_front() else {
                     break;
                 };
-                out.push(FRAME_CELL);
-                out.extend_from_slice(&seq.to_be_bytes());
                 let slot = match queued {
                     Queued::Fresh(cell) => {
-                        out.extend_from_slice(cell.as_bytes());
+                        write_cell(out, seq, wait_us, cell.as_bytes());
                         self.first_sends += 1;
                         self.first_sent_since += 1;
                         // The cell itself is freed here, not a round
                         // trip later (see `crate::copies`).
-                        self.copies.put(cell.as_bytes())
+                        self.copies.put(cell.as_bytes(), wait_us)
                     }
                     Queued::Resend(slot) => {
-                        out.extend_from_slice(self.copies.get(slot));
+                        write_cell(out, seq, wait_us, self.copies.get(slot));
                         slot
                     }
                 };
@@ -1085,4 +1101,9 @@ impl Conn {
     pub fn needs_handshake_echo(&self) -> bool {
         self.handshake_echo.is_some() && !self.heard_data
     }
+}
+
+/// Whole microseconds from `then` to `now`, saturating.
+fn micros_since(now: Time, then: Time) -> u32 {
+    u32::try_from(now.since(then) / 1000).unwrap_or(u32::MAX)
 }

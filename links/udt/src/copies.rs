@@ -29,6 +29,9 @@ pub type Slot = u32;
 #[derive(Default)]
 pub struct CellCopies {
     chunks: Vec<Box<[u8]>>,
+    /// Each slot's cell's reordering wait ([`relay_kernel::Cell::reorder_wait_us`]),
+    /// which travels beside the cell, not in its bytes.
+    waits: Vec<u32>,
     /// Released slots below `fresh`.
     free: Vec<Slot>,
     /// Slots at and above this were never handed out since the last reset.
@@ -37,8 +40,9 @@ pub struct CellCopies {
 }
 
 impl CellCopies {
-    /// Copies `raw` (exactly [`CELL_LEN`] bytes) into a slot.
-    pub fn put(&mut self, raw: &[u8]) -> Slot {
+    /// Copies `raw` (exactly [`CELL_LEN`] bytes) and its cell's reordering
+    /// wait into a slot.
+    pub fn put(&mut self, raw: &[u8], wait_us: u32) -> Slot {
         debug_assert_eq!(raw.len(), CELL_LEN);
         let slot = match self.free.pop() {
             Some(s) => s,
@@ -55,6 +59,11 @@ impl CellCopies {
         self.used += 1;
         let (chunk, at) = Self::locate(slot);
         self.chunks[chunk][at..at + CELL_LEN].copy_from_slice(&raw[..CELL_LEN]);
+        let i = slot as usize;
+        if self.waits.len() <= i {
+            self.waits.resize(i + 1, 0);
+        }
+        self.waits[i] = wait_us;
         slot
     }
 
@@ -62,6 +71,11 @@ impl CellCopies {
     pub fn get(&self, slot: Slot) -> &[u8] {
         let (chunk, at) = Self::locate(slot);
         &self.chunks[chunk][at..at + CELL_LEN]
+    }
+
+    /// The reordering wait of the cell in `slot`.
+    pub fn wait_us(&self, slot: Slot) -> u32 {
+        self.waits.get(slot as usize).copied().unwrap_or(0)
     }
 
     /// Frees `slot` (its packet was acknowledged, or could not be sealed).
@@ -83,6 +97,7 @@ impl CellCopies {
     pub fn trim(&mut self) {
         if self.used == 0 {
             self.chunks = Vec::new();
+            self.waits = Vec::new();
             self.free = Vec::new();
         }
     }
@@ -112,14 +127,15 @@ mod tests {
     use std::collections::HashMap;
 
     proptest! {
-        /// Every slot keeps its own bytes whatever else is put and released.
+        /// Every slot keeps its own bytes and wait whatever else is put and
+        /// released.
         #[test]
         fn slots_keep_their_bytes(ops in proptest::collection::vec((any::<bool>(), any::<u8>()), 1..600)) {
             let mut copies = CellCopies::default();
             let mut held: HashMap<Slot, u8> = HashMap::new();
             for (put, b) in ops {
                 if put || held.is_empty() {
-                    let slot = copies.put(&[b; CELL_LEN]);
+                    let slot = copies.put(&[b; CELL_LEN], u32::from(b));
                     prop_assert!(held.insert(slot, b).is_none(), "slot {} handed out twice", slot);
                 } else {
                     let slot = *held.keys().nth(usize::from(b) % held.len()).unwrap_or(&0);
@@ -129,6 +145,7 @@ mod tests {
                 prop_assert_eq!(copies.len(), held.len());
                 for (&slot, &b) in &held {
                     prop_assert!(copies.get(slot).iter().all(|&x| x == b));
+                    prop_assert_eq!(copies.wait_us(slot), u32::from(b));
                 }
             }
         }
@@ -138,7 +155,7 @@ mod tests {
     fn memory_is_given_back_when_nothing_is_in_flight() {
         let mut copies = CellCopies::default();
         let slots: Vec<Slot> = (0..1000)
-            .map(|i| copies.put(&[i as u8; CELL_LEN]))
+            .map(|i| copies.put(&[i as u8; CELL_LEN], 0))
             .collect();
         let peak = copies.allocated();
         assert!(peak >= 1000 * CELL_LEN);
@@ -148,6 +165,6 @@ mod tests {
         assert_eq!(copies.allocated(), peak, "kept until trimmed");
         copies.trim();
         assert_eq!(copies.allocated(), 0);
-        assert_eq!(copies.put(&[9; CELL_LEN]), 0);
+        assert_eq!(copies.put(&[9; CELL_LEN], 0), 0);
     }
 }

@@ -75,11 +75,40 @@ pub const FRAME_PAIR: u8 = 6;
 /// datagram-size probes of [`crate::mtu`] as large as the size they test.
 /// (Zeros only, so the encoding stays canonical.)
 pub const FRAME_PADDING: u8 = 7;
+/// A cell that waited in reordering buffers on earlier links: a CELL frame
+/// with the wait, in microseconds, between the sequence number and the
+/// cell. Used only for a non-zero wait (the encoding stays canonical).
+pub const FRAME_WAITED_CELL: u8 = 8;
 /// Encoded length of a CAPACITY frame.
 pub const CAPACITY_FRAME_LEN: usize = 9;
 
 /// CELL frame: type, circuit sequence, cell.
 pub const CELL_FRAME_LEN: usize = 1 + 4 + CELL_LEN;
+/// WAITED_CELL frame: type, circuit sequence, wait, cell.
+pub const WAITED_CELL_FRAME_LEN: usize = CELL_FRAME_LEN + 4;
+
+/// Encoded length of the frame of a cell that waited `wait_us`.
+pub fn cell_frame_len(wait_us: u32) -> usize {
+    if wait_us == 0 {
+        CELL_FRAME_LEN
+    } else {
+        WAITED_CELL_FRAME_LEN
+    }
+}
+
+/// Appends the frame of cell `raw` with circuit sequence `seq` and
+/// reordering wait `wait_us`.
+pub fn write_cell(out: &mut Vec<u8>, seq: u32, wait_us: u32, raw: &[u8]) {
+    if wait_us == 0 {
+        out.push(FRAME_CELL);
+        out.extend_from_slice(&seq.to_be_bytes());
+    } else {
+        out.push(FRAME_WAITED_CELL);
+        out.extend_from_slice(&seq.to_be_bytes());
+        out.extend_from_slice(&wait_us.to_be_bytes());
+    }
+    out.extend_from_slice(raw);
+}
 /// Most ranges in one ACK frame.
 pub const MAX_ACK_RANGES: usize = 32;
 
@@ -135,8 +164,10 @@ impl<'a> Ack<'a> {
 pub enum Frame<'a> {
     /// Acknowledgements.
     Ack(Ack<'a>),
-    /// A cell with its circuit sequence number.
-    Cell(u32, &'a [u8]),
+    /// A cell with its circuit sequence number and the microseconds it
+    /// waited in reordering buffers on earlier links (see
+    /// [`relay_kernel::Cell::reorder_wait_us`]).
+    Cell(u32, u32, &'a [u8]),
     /// Keepalive.
     Ping,
     /// Graceful close.
@@ -163,11 +194,7 @@ impl Frame<'_> {
                 out.push(ack.range_count() as u8);
                 out.extend_from_slice(ack.raw);
             }
-            Frame::Cell(seq, cell) => {
-                out.push(FRAME_CELL);
-                out.extend_from_slice(&seq.to_be_bytes());
-                out.extend_from_slice(cell);
-            }
+            Frame::Cell(seq, wait_us, cell) => write_cell(out, *seq, *wait_us, cell),
             Frame::Ping => out.push(FRAME_PING),
             Frame::Close => out.push(FRAME_CLOSE),
             Frame::Capacity(c) => {
@@ -248,7 +275,13 @@ impl<'a> Iterator for Frames<'a> {
             }
             FRAME_CELL => {
                 let b = take(&mut self.buf, 4 + CELL_LEN)?;
-                Some(Frame::Cell(u32_at(b), &b[4..]))
+                Some(Frame::Cell(u32_at(b), 0, &b[4..]))
+            }
+            FRAME_WAITED_CELL => {
+                let b = take(&mut self.buf, 8 + CELL_LEN)?;
+                let wait_us = u32_at(&b[4..]);
+                // A zero wait is written as a plain CELL frame.
+                (wait_us != 0).then(|| Frame::Cell(u32_at(b), wait_us, &b[8..]))
             }
             FRAME_PING => Some(Frame::Ping),
             FRAME_CLOSE => Some(Frame::Close),
@@ -310,8 +343,22 @@ mod tests {
         };
         assert_eq!((ack.delay_us, ack.max_cells), (7, 99));
         assert_eq!(ack.ranges().collect::<Vec<_>>(), [(10, 20), (1, 5)]);
-        assert_eq!(frames[1], Ok(Frame::Cell(3, &[9u8; CELL_LEN][..])));
+        assert_eq!(frames[1], Ok(Frame::Cell(3, 0, &[9u8; CELL_LEN][..])));
         assert_eq!(frames[2], Ok(Frame::Ping));
+    }
+
+    #[test]
+    fn a_waited_cell_frame_with_no_wait_is_malformed() {
+        let mut out = vec![FRAME_WAITED_CELL];
+        out.extend_from_slice(&5u32.to_be_bytes());
+        out.extend_from_slice(&0u32.to_be_bytes());
+        out.extend_from_slice(&[1u8; CELL_LEN]);
+        assert_eq!(Frames::new(&out).collect::<Vec<_>>(), [Err(())]);
+        out[8] = 7;
+        assert_eq!(
+            Frames::new(&out).collect::<Vec<_>>(),
+            [Ok(Frame::Cell(5, 7, &[1u8; CELL_LEN][..]))]
+        );
     }
 
     #[test]
@@ -328,7 +375,7 @@ mod tests {
     #[derive(Clone, Debug)]
     enum Spec {
         Ack(u32, u64, u64, Vec<(u64, u64)>),
-        Cell(u32, u8),
+        Cell(u32, u32, u8),
         Ping,
         Close,
         Capacity(u64),
@@ -346,7 +393,12 @@ mod tests {
                 proptest::collection::vec((0..1000u64, 0..1000u64), 0..=MAX_ACK_RANGES)
             )
                 .prop_map(|(d, m, top, steps)| Spec::Ack(d, m, top, steps)),
-            (any::<u32>(), any::<u8>()).prop_map(|(s, f)| Spec::Cell(s, f)),
+            (
+                any::<u32>(),
+                prop_oneof![Just(0u32), any::<u32>()],
+                any::<u8>()
+            )
+                .prop_map(|(s, w, f)| Spec::Cell(s, w, f)),
             Just(Spec::Ping),
             Just(Spec::Close),
             any::<u64>().prop_map(Spec::Capacity),
@@ -427,7 +479,7 @@ mod tests {
         ) {
             let cells: Vec<[u8; CELL_LEN]> = specs
                 .iter()
-                .map(|s| [if let Spec::Cell(_, f) = s { *f } else { 0 }; CELL_LEN])
+                .map(|s| [if let Spec::Cell(_, _, f) = s { *f } else { 0 }; CELL_LEN])
                 .collect();
             let mut by_writer = Vec::new();
             for (s, cell) in specs.iter().zip(&cells) {
@@ -438,10 +490,10 @@ mod tests {
                         write_ack(&mut by_writer, *d, *m, &r);
                         prop_assert_eq!(by_writer.len() - start, ack_len(r.len()));
                     }
-                    Spec::Cell(seq, _) => {
-                        by_writer.push(FRAME_CELL);
-                        by_writer.extend_from_slice(&seq.to_be_bytes());
-                        by_writer.extend_from_slice(cell);
+                    Spec::Cell(seq, wait, _) => {
+                        let start = by_writer.len();
+                        write_cell(&mut by_writer, *seq, *wait, cell);
+                        prop_assert_eq!(by_writer.len() - start, cell_frame_len(*wait));
                     }
                     Spec::Ping => by_writer.push(FRAME_PING),
                     Spec::Close => by_writer.push(FRAME_CLOSE),
@@ -469,8 +521,9 @@ mod tests {
                         prop_assert_eq!((a.delay_us, a.max_cells), (*d, *m));
                         prop_assert_eq!(a.ranges().collect::<Vec<_>>(), ranges(*top, steps));
                     }
-                    (Frame::Cell(seq, raw), Spec::Cell(want, _)) => {
+                    (Frame::Cell(seq, wait, raw), Spec::Cell(want, want_wait, _)) => {
                         prop_assert_eq!(seq, want);
+                        prop_assert_eq!(wait, want_wait);
                         prop_assert_eq!(*raw, &cell[..]);
                     }
                     (Frame::Ping, Spec::Ping)

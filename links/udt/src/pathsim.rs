@@ -277,6 +277,9 @@ pub struct Sim {
     next_at_b: BTreeMap<u32, u32>,
     /// (time, circuit, index) of every delivery at b.
     pub deliveries: Vec<(Time, u32, u32)>,
+    /// The reordering wait (microseconds) of each cell delivered at b
+    /// with a non-zero one, by (circuit, index).
+    pub reorder_waits: BTreeMap<(u32, u32), u32>,
     /// Most cells `b` held for one connection (ready or waiting).
     pub max_buffered: usize,
     /// Most cells queued at `a` for one connection.
@@ -304,6 +307,7 @@ impl Sim {
             rng: SimRng::new(seed),
             next_at_b: BTreeMap::new(),
             deliveries: Vec::new(),
+            reorder_waits: BTreeMap::new(),
             max_buffered: 0,
             max_queued: 0,
         };
@@ -367,6 +371,10 @@ impl Sim {
                     });
                 }
                 self.deliveries.push((self.now, circ, *next));
+                if c.reorder_wait_us() > 0 {
+                    self.reorder_waits
+                        .insert((circ, *next), c.reorder_wait_us());
+                }
                 *next += 1;
             }
         }

@@ -359,6 +359,91 @@ fn a_lost_datagram_delays_only_its_circuit() {
     );
 }
 
+/// The cells a loss held back report how long they waited, so circuit
+/// congestion control can tell that wait from queueing: the retransmitted
+/// cells and the first held one waited the longest, later held ones less,
+/// and cells of the other circuit and cells after the gap not at all.
+#[test]
+fn held_cells_report_their_reordering_wait() {
+    let mut sim = Sim::new(
+        PathModel::default(),
+        PathModel::default(),
+        6,
+        EndpointConfig::default(),
+    )
+    .unwrap();
+    sim.ab.drop_these = vec![2];
+    let start = sim.now;
+    sim.transfer(&[1, 2], 400, 2, 10_000_000_000).unwrap();
+    let delivered_at = |circ: u32, idx: u32| {
+        sim.deliveries
+            .iter()
+            .find(|(_, c, i)| *c == circ && *i == idx)
+            .map(|(t, _, _)| *t)
+            .unwrap()
+    };
+    let wait = |circ: u32, idx: u32| sim.reorder_waits.get(&(circ, idx)).copied().unwrap_or(0);
+    let released_at = delivered_at(1, 0);
+    let held: Vec<u32> = (0..400)
+        .take_while(|&i| delivered_at(1, i) == released_at)
+        .collect();
+    let waits: Vec<u32> = held.iter().map(|&i| wait(1, i)).collect();
+    eprintln!(
+        "{} cells released together at {released_at:?}; waits (us) {:?}",
+        held.len(),
+        &waits[..waits.len().min(8)]
+    );
+    assert!(held.len() > 2, "nothing was held behind the loss");
+    let longest = waits[0];
+    assert!(longest > 0, "the retransmitted cell reported no wait");
+    // Not longer than the whole transfer took to release them.
+    assert!(
+        u64::from(longest) * 1000 <= released_at.since(start),
+        "{longest} us"
+    );
+    // Cells 0 and 1 (the lost datagram's) count from cell 2's arrival.
+    assert_eq!(waits[1], longest);
+    assert_eq!(waits[2], longest);
+    assert!(waits.windows(2).all(|w| w[1] <= w[0]), "{waits:?}");
+    let after = held.len() as u32;
+    assert!(
+        (after..400).all(|i| wait(1, i) == 0),
+        "cells after the gap waited"
+    );
+    assert!((0..400).all(|i| wait(2, i) == 0), "circuit 2 waited");
+}
+
+/// A cell's wait from earlier links goes with it over the link (and with
+/// its retransmission) and grows by what it waits here.
+#[test]
+fn a_cells_reordering_wait_crosses_the_link() {
+    let mut sim = Sim::new(
+        PathModel::default(),
+        PathModel::default(),
+        7,
+        EndpointConfig::default(),
+    )
+    .unwrap();
+    // The first data datagram is lost: the cell goes again.
+    sim.ab.drop_these = vec![2];
+    while sim.a.conn(&sim.b_addr).is_none() {
+        sim.step().unwrap();
+    }
+    for i in 0..4 {
+        let mut c = relay_link_udt::pathsim::cell(9, i);
+        c.add_reorder_wait_us(1000 + i);
+        sim.a.conn(&sim.b_addr).unwrap().queue_cell(c);
+    }
+    while sim.deliveries.len() < 4 {
+        assert!(sim.now.nanos() < 10_000_000_000, "not delivered");
+        sim.step().unwrap();
+    }
+    for i in 0..4 {
+        let w = sim.reorder_waits.get(&(9, i)).copied().unwrap_or(0);
+        assert!(w >= 1000 + i, "cell {i}: {w}");
+    }
+}
+
 #[test]
 fn handshake_flood_is_answered_with_cookies_and_no_state() {
     let key = StaticKey::new(&Identity::from_secret([2; 32])).unwrap();
