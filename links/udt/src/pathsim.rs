@@ -315,6 +315,14 @@ impl Sim {
         Ok(sim)
     }
 
+    /// When b delivered cell `idx` of circuit `circ`, if it did.
+    pub fn delivered_at(&self, circ: u32, idx: u32) -> Option<Time> {
+        self.deliveries
+            .iter()
+            .find(|(_, c, i)| *c == circ && *i == idx)
+            .map(|(t, _, _)| *t)
+    }
+
     /// Dials another connection from `a` to `b`.
     pub fn connect_again(&mut self) -> Result<ConnId, PathSimError> {
         let b_id = Identity::from_secret([2; 32]).node_id();

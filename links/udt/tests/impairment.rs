@@ -317,29 +317,28 @@ fn exact_delivery_through_a_small_bottleneck_queue() {
     assert!(sim.ab.lost > 0, "the queue never overflowed");
 }
 
-#[test]
-fn a_lost_datagram_delays_only_its_circuit() {
-    // Cells leave in pairs per circuit (2 per datagram): datagram k carries
-    // circuit 1 for even k and circuit 2 for odd k. Drop the first data
-    // datagram (circuit 1's cells 0 and 1).
+/// A clean path whose first data datagram is lost (datagram 0 is the
+/// handshake's message 1, 1 its message 3, 2 the first data datagram).
+fn losing_the_first_data_datagram(seed: u64) -> Sim {
     let mut sim = Sim::new(
         PathModel::default(),
         PathModel::default(),
-        6,
+        seed,
         EndpointConfig::default(),
     )
     .unwrap();
-    // Datagram 0 is the handshake's message 1, 1 its message 3; 2 is the
-    // first data datagram.
     sim.ab.drop_these = vec![2];
+    sim
+}
+
+#[test]
+fn a_lost_datagram_delays_only_its_circuit() {
+    // Cells leave in pairs per circuit (2 per datagram): datagram k carries
+    // circuit 1 for even k and circuit 2 for odd k. The first data
+    // datagram, circuit 1's cells 0 and 1, is lost.
+    let mut sim = losing_the_first_data_datagram(6);
     sim.transfer(&[1, 2], 400, 2, 10_000_000_000).unwrap();
-    let first = |circ: u32, idx: u32| {
-        sim.deliveries
-            .iter()
-            .find(|(_, c, i)| *c == circ && *i == idx)
-            .map(|(t, _, _)| *t)
-            .unwrap()
-    };
+    let first = |circ: u32, idx: u32| sim.delivered_at(circ, idx).unwrap();
     let c1_first = first(1, 0);
     let c2_before = sim
         .deliveries
@@ -365,23 +364,10 @@ fn a_lost_datagram_delays_only_its_circuit() {
 /// and cells of the other circuit and cells after the gap not at all.
 #[test]
 fn held_cells_report_their_reordering_wait() {
-    let mut sim = Sim::new(
-        PathModel::default(),
-        PathModel::default(),
-        6,
-        EndpointConfig::default(),
-    )
-    .unwrap();
-    sim.ab.drop_these = vec![2];
+    let mut sim = losing_the_first_data_datagram(6);
     let start = sim.now;
     sim.transfer(&[1, 2], 400, 2, 10_000_000_000).unwrap();
-    let delivered_at = |circ: u32, idx: u32| {
-        sim.deliveries
-            .iter()
-            .find(|(_, c, i)| *c == circ && *i == idx)
-            .map(|(t, _, _)| *t)
-            .unwrap()
-    };
+    let delivered_at = |circ: u32, idx: u32| sim.delivered_at(circ, idx).unwrap();
     let wait = |circ: u32, idx: u32| sim.reorder_waits.get(&(circ, idx)).copied().unwrap_or(0);
     let released_at = delivered_at(1, 0);
     let held: Vec<u32> = (0..400)
@@ -417,15 +403,8 @@ fn held_cells_report_their_reordering_wait() {
 /// its retransmission) and grows by what it waits here.
 #[test]
 fn a_cells_reordering_wait_crosses_the_link() {
-    let mut sim = Sim::new(
-        PathModel::default(),
-        PathModel::default(),
-        7,
-        EndpointConfig::default(),
-    )
-    .unwrap();
-    // The first data datagram is lost: the cell goes again.
-    sim.ab.drop_these = vec![2];
+    // The cells' first datagram is lost: they go again.
+    let mut sim = losing_the_first_data_datagram(7);
     while sim.a.conn(&sim.b_addr).is_none() {
         sim.step().unwrap();
     }
