@@ -19,7 +19,9 @@
 //!
 //! Frames: ACK (largest acknowledged, ACK delay, receive window, up to 32
 //! ranges of received packet numbers, newest first), CELL (the circuit's
-//! sequence number on this link, then the 514-byte cell), PING (elicits an
+//! sequence number on this link, then the 514-byte cell), WAITED_CELL (a
+//! CELL with the microseconds the cell waited in reordering buffers on
+//! earlier links, for circuit congestion control), PING (elicits an
 //! ACK; the keepalive), CLOSE (graceful close after everything was
 //! acknowledged), CAPACITY (the receiver's packet-pair estimate of the
 //! bottleneck, bytes per second, for the UDT rate controller) and PAIR
@@ -109,6 +111,7 @@ pub fn write_cell(out: &mut Vec<u8>, seq: u32, wait_us: u32, raw: &[u8]) {
     }
     out.extend_from_slice(raw);
 }
+
 /// Most ranges in one ACK frame.
 pub const MAX_ACK_RANGES: usize = 32;
 
