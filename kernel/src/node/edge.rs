@@ -173,6 +173,10 @@ impl Node {
         }
     }
 
+    /// `reorder_wait_us` is the cell's wait in links' reordering buffers
+    /// on its way here: a SENDME this cell triggers reports it to the
+    /// sender, and if the cell is itself a SENDME it is that SENDME's own
+    /// wait (see `flow::ledger`).
     fn edge_on_message(
         &mut self,
         now: Time,
